@@ -1,0 +1,1 @@
+"""CRM connectors: one module per CRM, the sync engine and write-back."""

@@ -1,0 +1,1 @@
+"""Territory health: metric definitions, drift rules, snapshots and the Prometheus collector."""

@@ -1,0 +1,1 @@
+"""The rebalancer: the optimiser, rationale and proposal state machine arrive with their issue."""

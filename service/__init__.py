@@ -1,0 +1,1 @@
+"""The daemon: CLI, HTTP app, scheduler and settings."""

@@ -1,0 +1,1 @@
+"""Postgres storage shared by connectors, monitor and rebalancer: models, engines, bulk loading."""

