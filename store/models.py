@@ -52,6 +52,7 @@ PROPOSAL_STATES = (
 )
 MOVE_WRITEBACK_STATES = ("pending", "written", "conflict", "failed", "skipped")
 SNAPSHOT_KINDS = ("monthly", "on_demand", "event", "backfill")
+RUN_STATUSES = ("running", "succeeded", "failed", "interrupted", "stopped")
 
 Money = Numeric(18, 2)
 Share = Numeric(5, 4)
@@ -303,3 +304,69 @@ class Outbox(Base):
     claimed_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     done_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class Quarantine(Base):
+    """A CRM record that could not be stored, with the reason and the record as the CRM sent it."""
+
+    __tablename__ = "quarantine"
+    __table_args__ = (
+        Index(
+            None, "source", "object", "record_id", unique=True, postgresql_where=text("resolved_at IS NULL")
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(Text)
+    object: Mapped[str] = mapped_column(Text)
+    record_id: Mapped[str | None] = mapped_column(Text, comment="null when the record had no id")
+    reason: Mapped[str] = mapped_column(Text)
+    raw: Mapped[dict[str, Any]] = mapped_column(JSONB)
+    sync_run_id: Mapped[int | None] = mapped_column(ForeignKey("sync_runs.id"))
+    first_seen_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=func.now())
+    last_seen_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=func.now())
+    resolved_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+
+
+class SyncRun(Base):
+    """One sync of one object of one source: what it read, stored, deleted and quarantined."""
+
+    __tablename__ = "sync_runs"
+    __table_args__ = (
+        CheckConstraint(_in("status", RUN_STATUSES), name="status_known"),
+        Index(None, "source", "object", "started_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    source: Mapped[str] = mapped_column(Text)
+    object: Mapped[str] = mapped_column(Text)
+    full: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
+    status: Mapped[str] = mapped_column(Text, server_default=text("'running'"))
+    started_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=func.now())
+    finished_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    rows_read: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    rows_upserted: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    rows_deleted: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    rows_quarantined: Mapped[int] = mapped_column(BigInteger, server_default=text("0"))
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class JobRun(Base):
+    """One run of a scheduled job; ``run_key`` makes a run that must happen once (a month) unique."""
+
+    __tablename__ = "job_runs"
+    __table_args__ = (
+        CheckConstraint(_in("status", RUN_STATUSES), name="status_known"),
+        Index(None, "job", "run_key", unique=True, postgresql_where=text("run_key IS NOT NULL")),
+        Index(None, "job", "started_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    job: Mapped[str] = mapped_column(Text)
+    run_key: Mapped[str | None] = mapped_column(Text)
+    holder: Mapped[str] = mapped_column(Text, comment="the replica that ran it")
+    status: Mapped[str] = mapped_column(Text, server_default=text("'running'"))
+    started_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=func.now())
+    finished_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    error: Mapped[str | None] = mapped_column(Text)
+    details: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
