@@ -1,0 +1,218 @@
+"""The HTTP side of ``territory serve`` (Starlette): HubSpot webhooks, /metrics, /healthz, /readyz.
+
+Built by :func:`create_app` from the settings, an engine, the scheduler and the metrics registry: no
+module-level app. Blocking work (the database, the collectors) runs in Starlette's thread pool.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import hashlib
+import logging
+from collections.abc import AsyncIterator, Callable
+from typing import Protocol
+
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
+from sqlalchemy import Engine, text
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from service import webhooks
+from service.scheduler import SyncRequest, queue_sync_requests
+from service.settings import Settings
+from store import migrate
+
+log = logging.getLogger(__name__)
+
+MAX_WEBHOOK_BYTES = 1_000_000  # HubSpot batches up to 100 events; far below this
+
+
+class SchedulerView(Protocol):
+    """What the endpoints need to know about the scheduler."""
+
+    @property
+    def stopping(self) -> bool: ...
+
+    @property
+    def is_leader(self) -> bool: ...
+
+    def heartbeat_age(self) -> float: ...
+
+
+def _utcnow() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class RequestWriter:
+    """Group commit of webhook sync requests: each delivery waits for the transaction holding it.
+
+    Deliveries arriving while one batch is being written form the next batch, so a burst costs one
+    transaction per batch instead of one per delivery, and a 200 still means the request is durable.
+    """
+
+    def __init__(self, engine: Engine, max_batch: int = 500) -> None:
+        self._engine = engine
+        self._max = max_batch
+        self._queue: asyncio.Queue[tuple[SyncRequest, asyncio.Future[bool]]] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def submit(self, request: SyncRequest) -> bool:
+        """Queue ``request`` and wait until it is committed; True when it was new."""
+        if self._queue is None or self._task is None or self._task.done():
+            self._queue = asyncio.Queue()
+            self._task = asyncio.create_task(self._run(self._queue))
+        future: asyncio.Future[bool] = asyncio.get_running_loop().create_future()
+        await self._queue.put((request, future))
+        return await future
+
+    async def _run(self, queue: asyncio.Queue[tuple[SyncRequest, asyncio.Future[bool]]]) -> None:
+        while True:
+            batch = [await queue.get()]
+            while len(batch) < self._max and not queue.empty():
+                batch.append(queue.get_nowait())
+            try:
+                new = await run_in_threadpool(queue_sync_requests, self._engine, [r for r, _ in batch])
+            except Exception as exc:
+                log.exception("writing webhook sync requests failed", extra={"requests": len(batch)})
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for request, future in batch:
+                if not future.done():
+                    future.set_result(request.key in new)
+                    new.discard(request.key)  # the same delivery twice in one batch: one is new
+
+    async def close(self) -> None:
+        """Stop the writer (waiting deliveries have had their answers)."""
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
+def create_app(
+    settings: Settings,
+    engine: Engine,
+    *,
+    scheduler: SchedulerView,
+    registry: CollectorRegistry,
+    clock: Callable[[], dt.datetime] = _utcnow,
+) -> Starlette:
+    """The ASGI app; ``registry`` is what /metrics exposes (the webhook counters are added to it)."""
+    deliveries = Counter(
+        "territory_webhook_deliveries",
+        "HubSpot webhook deliveries, by outcome",
+        ["outcome"],
+        registry=registry,
+    )
+    latency = Histogram(
+        "territory_http_request_duration_seconds",
+        "Time to answer, by endpoint",
+        ["endpoint"],
+        registry=registry,
+        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+    )
+    secret = settings.webhooks.hubspot_client_secret
+    writer = RequestWriter(engine)
+    heads = migrate.heads(engine)
+    max_age = settings.scheduler.heartbeat_max_age_seconds
+
+    async def hubspot_webhook(request: Request) -> Response:
+        with latency.labels("webhooks_hubspot").time():
+            if secret is None:
+                deliveries.labels("not_configured").inc()
+                return JSONResponse({"error": "webhooks are not configured"}, status_code=503)
+            body = await request.body()
+            if len(body) > MAX_WEBHOOK_BYTES:
+                deliveries.labels("too_large").inc()
+                return JSONResponse({"error": "body too large"}, status_code=413)
+            uri = str(request.url)
+            if settings.webhooks.public_url:
+                query = request.url.query
+                uri = settings.webhooks.public_url + (f"?{query}" if query else "")
+            verdict = webhooks.verify_v3(
+                secret.get_secret_value(),
+                method=request.method,
+                uri=uri,
+                body=body,
+                headers=request.headers,
+                now=clock(),
+            )
+            if verdict is not webhooks.Verdict.valid:
+                deliveries.labels(verdict.value).inc()
+                log.warning("webhook refused", extra={"verdict": verdict.value})
+                return JSONResponse({"error": "invalid signature", "reason": verdict.value}, status_code=401)
+            try:
+                batch = webhooks.parse_events(body)
+            except webhooks.BadPayload as exc:
+                deliveries.labels("bad_payload").inc()
+                return JSONResponse({"error": str(exc)}, status_code=400)
+            if not batch.objects:
+                deliveries.labels("ignored").inc()
+                return JSONResponse({"queued": [], "ignored": batch.ignored})
+            # A retried delivery carries the same body: the key makes it one request, not two.
+            key = "hubspot-webhook:" + hashlib.sha256(body).hexdigest()
+            objects = sorted(o.value for o in batch.objects)
+            payload = {"source": "hubspot", "events": len(batch.event_ids), "event_ids": batch.event_ids[:20]}
+            try:
+                new = await writer.submit(SyncRequest(key, tuple(objects), payload))
+            except Exception:
+                deliveries.labels("error").inc()
+                log.exception("queueing a webhook's sync request failed")
+                return JSONResponse({"error": "could not queue the sync; retry"}, status_code=503)
+            deliveries.labels("queued" if new else "duplicate").inc()
+            log.info("webhook queued a sync", extra={"objects": objects, "duplicate": not new})
+            return JSONResponse({"queued": objects, "duplicate": not new, "ignored": batch.ignored})
+
+    async def metrics(request: Request) -> Response:
+        data = await run_in_threadpool(generate_latest, registry)
+        return Response(data, media_type=CONTENT_TYPE_LATEST)
+
+    async def healthz(request: Request) -> Response:
+        age = scheduler.heartbeat_age()
+        body = {
+            "heartbeat_age_seconds": round(age, 3) if age != float("inf") else None,
+            "leader": scheduler.is_leader,
+        }
+        if age > max_age:
+            return JSONResponse({"status": "stale heartbeat", **body}, status_code=503)
+        return JSONResponse({"status": "ok", **body})
+
+    def database_state() -> tuple[bool, str]:
+        try:
+            with engine.connect() as conn:
+                conn.execute(text("SET LOCAL statement_timeout = 2000"))
+                conn.execute(text("SELECT 1")).scalar_one()
+            current = migrate.current(engine)
+        except Exception as exc:
+            return False, f"database unreachable: {type(exc).__name__}"
+        if (current,) != heads:
+            return False, f"migrations not at head (database at {current or 'empty'}, head {','.join(heads)})"
+        return True, "ok"
+
+    async def readyz(request: Request) -> Response:
+        if scheduler.stopping:
+            return JSONResponse({"status": "shutting down"}, status_code=503)
+        ok, detail = await run_in_threadpool(database_state)
+        return JSONResponse({"status": detail}, status_code=200 if ok else 503)
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        yield
+        await writer.close()
+
+    return Starlette(
+        lifespan=lifespan,
+        routes=[
+            Route("/webhooks/hubspot", hubspot_webhook, methods=["POST"]),
+            Route("/metrics", metrics, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/readyz", readyz, methods=["GET"]),
+        ],
+    )
