@@ -341,12 +341,53 @@ def generate_org(accounts: int, reps: int, seed: int, now: datetime) -> Org:
     hist = _draw_history(streams[2], team, today)
     owner_ids = _sf_ids("005", reps)
     account_ids = _sf_ids("001", accounts)
+    owners = _owners_frame(streams[3], team, owner_ids)
+    accounts_frame = _accounts_frame(streams[4], acc, hist, account_ids, owner_ids, team, now_sec)
+    opportunities = _opportunities_frame(streams[5], acc, hist, account_ids, owner_ids, today, now_sec)
     return Org(
-        owners=_owners_frame(streams[3], team, owner_ids),
-        accounts=_accounts_frame(streams[4], acc, hist, account_ids, owner_ids, team, now_sec),
-        opportunities=_opportunities_frame(streams[5], acc, hist, account_ids, owner_ids, today, now_sec),
+        owners=owners.assign(quota=_calibrated_quota(owners, accounts_frame, opportunities, now)),
+        accounts=accounts_frame,
+        opportunities=opportunities,
         assignments=_assignments_frame(hist, account_ids, owner_ids),
     )
+
+
+# How far one rep's quota strays from the team's: quotas are set per role, not per book, so an
+# over-sized book shows up as over-attainment (the quota_outperformer rule) rather than being hidden.
+_QUOTA_SPREAD: Final = 0.15
+_QUOTA_DRAW_SIGMA: Final = 0.45
+_QUOTA_STRETCH: Final = 1.1  # quotas are set a little above what the average book closes
+
+
+def _calibrated_quota(
+    owners: pd.DataFrame, accounts: pd.DataFrame, opportunities: pd.DataFrame, now: datetime
+) -> FloatArray:
+    """Quotas scaled to what an average active book won in the last 365 days, each rep's own draw kept.
+
+    Without this the quota would be a fixed dollar figure unrelated to the org's deal sizes, and every
+    rep would attain many times their quota.
+    """
+    quota = owners["quota"].to_numpy(dtype=np.float64)
+    if len(quota) == 0:
+        return quota
+    end = np.datetime64(now.astimezone(UTC).replace(tzinfo=None), "s")
+    close = opportunities["close_date"].to_numpy(dtype="datetime64[s]")
+    recent = (
+        opportunities["is_won"].to_numpy(dtype=bool)
+        & (close > end - np.timedelta64(365, "D"))
+        & (close <= end)
+    )
+    won = opportunities.loc[recent, ["account_id", "amount"]]
+    book_owner = accounts.set_index("id")["owner_id"]
+    won_by_owner = won.groupby(won["account_id"].map(book_owner))["amount"].sum()
+    active = owners["active"].to_numpy(dtype=bool)
+    won_per_rep = won_by_owner.reindex(owners["id"]).fillna(0.0).to_numpy()
+    target = float(won_per_rep[active].mean()) if active.any() else 0.0
+    if target <= 0:
+        return quota
+    spread = np.exp(_QUOTA_SPREAD / _QUOTA_DRAW_SIGMA * (np.log(quota) - np.log(np.median(quota))))
+    calibrated: FloatArray = np.maximum(np.round(target * _QUOTA_STRETCH * spread, -3), 1000.0)
+    return calibrated
 
 
 # --- accounts and territories ------------------------------------------------------------------------

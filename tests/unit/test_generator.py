@@ -458,3 +458,17 @@ def test_integrity_holds_for_any_small_org(accounts: int, reps: int, seed: int) 
         rows = list(csv.reader(io.StringIO(text, newline="")))
         assert len(rows) == len(getattr(org, attr)) + 1
         assert all(len(r) == len(CSV_FILES[name]) for r in rows)
+
+
+def test_quotas_are_scaled_to_what_books_win(org: Org) -> None:
+    """The average active rep attains about their quota; an over-sized book attains more than most."""
+    now = NOW.replace(tzinfo=None)
+    opps = org.opportunities
+    recent = opps["is_won"] & (opps["close_date"] > now - timedelta(days=365)) & (opps["close_date"] <= now)
+    owner_of = org.accounts.set_index("id")["owner_id"]
+    won = opps[recent].groupby(opps.loc[recent, "account_id"].map(owner_of))["amount"].sum()
+    active = org.owners[org.owners["active"]].set_index("id")
+    attainment = won.reindex(active.index).fillna(0.0) / active["quota"]
+    assert 0.7 < attainment.mean() < 1.1
+    book = org.accounts.groupby("owner_id")["potential"].sum().reindex(active.index).fillna(0.0)
+    assert attainment[book.idxmax()] > attainment.median()
