@@ -1,0 +1,315 @@
+"""The CSV connector through the sync engine on real PostgreSQL: generated exports and hand-written ones."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+from collections.abc import Mapping, Sequence
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+from sqlalchemy import Engine, text
+
+from connectors.base import CrmObject, Cursor
+from connectors.csv_files import FILES, CsvConnector
+from connectors.errors import ConnectorConfigError
+from connectors.sandbox.generator import Org, generate_org, write_csv
+from connectors.sync import SyncSummary, run_sync
+
+pytestmark = pytest.mark.integration
+
+NOW = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
+
+
+def write_export(
+    folder: Path,
+    owners: Sequence[Mapping[str, Any]] = (),
+    accounts: Sequence[Mapping[str, Any]] = (),
+    opportunities: Sequence[Mapping[str, Any]] = (),
+    assignments: Sequence[Mapping[str, Any]] | None = None,
+) -> Path:
+    """Write a small export; columns not given are empty."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files: dict[str, Sequence[Mapping[str, Any]]] = {
+        "owners.csv": owners,
+        "accounts.csv": accounts,
+        "opportunities.csv": opportunities,
+    }
+    if assignments is not None:
+        files["assignments.csv"] = assignments
+    for name, rows in files.items():
+        with (folder / name).open("w", encoding="utf-8", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=FILES[name], lineterminator="\n")
+            writer.writeheader()
+            for row in rows:
+                writer.writerow({k: row.get(k, "") for k in FILES[name]})
+    return folder
+
+
+def owner(i: int, **kw: Any) -> dict[str, Any]:
+    return {"id": f"005O{i}", "name": f"Rep {i}", "email": f"rep{i}@example.com", "active": "true"} | kw
+
+
+def account(i: int, owner_id: str = "005O1", **kw: Any) -> dict[str, Any]:
+    return {
+        "id": f"001A{i}",
+        "name": f"Account {i}",
+        "owner_id": owner_id,
+        "tier": "core",
+        "arr": "1000.00",
+        "modified_at": "2026-10-01T00:00:00Z",
+    } | kw
+
+
+def opportunity(i: int, account_id: str = "001A1", **kw: Any) -> dict[str, Any]:
+    return {
+        "id": f"006P{i}",
+        "account_id": account_id,
+        "owner_id": "005O1",
+        "name": f"Deal {i}",
+        "stage": "Proposal",
+        "amount": "500.00",
+        "probability": "0.6",
+        "close_date": "2026-12-15",
+        "is_closed": "false",
+        "is_won": "false",
+        "modified_at": "2026-10-01T00:00:00Z",
+    } | kw
+
+
+def sync(engine: Engine, folder: Path, *, full: bool = False, chunk_rows: int = 1000) -> SyncSummary:
+    return run_sync(engine, CsvConnector(folder, chunk_rows=chunk_rows), full=full, now=NOW)
+
+
+def rows(engine: Engine, sql: str, **params: Any) -> list[tuple[Any, ...]]:
+    with engine.connect() as conn:
+        return [tuple(r) for r in conn.execute(text(sql), params).all()]
+
+
+def assert_balanced(summary: SyncSummary) -> None:
+    """Nothing silently dropped: every row read is upserted, quarantined or counted as skipped."""
+    for o in summary.objects:
+        assert o.rows_read == o.rows_upserted + o.rows_quarantined + o.rows_skipped, o
+
+
+@pytest.fixture(scope="module")
+def small_org() -> Org:
+    return generate_org(accounts=600, reps=12, seed=3, now=NOW)
+
+
+def assert_store_equals_org(engine: Engine, org: Org) -> None:
+    """Every table holds exactly the export's rows and values."""
+    stored = rows(
+        engine, "SELECT id, name, email, capacity, quota, active FROM owners WHERE active ORDER BY id"
+    )
+    expected = org.owners[org.owners["active"]].sort_values("id")
+    assert [r[0] for r in stored] == expected["id"].tolist()
+    assert [r[3] for r in stored] == expected["capacity"].astype(int).tolist()
+    stored_acc = pd.DataFrame(
+        rows(engine, "SELECT id, owner_id, tier, arr, protected FROM accounts WHERE NOT deleted ORDER BY id"),
+        columns=["id", "owner_id", "tier", "arr", "protected"],
+    )
+    exp_acc = org.accounts.sort_values("id").reset_index(drop=True)
+    assert stored_acc["id"].tolist() == exp_acc["id"].tolist()
+    assert stored_acc["owner_id"].tolist() == exp_acc["owner_id"].tolist()
+    assert stored_acc["tier"].tolist() == exp_acc["tier"].tolist()
+    assert stored_acc["protected"].tolist() == exp_acc["protected"].tolist()
+    assert float(sum(stored_acc["arr"].dropna())) == pytest.approx(exp_acc["arr"].round(2).sum(), abs=0.05)
+    stored_opp = rows(
+        engine, "SELECT id, account_id, amount, is_won FROM opportunities WHERE NOT deleted ORDER BY id"
+    )
+    exp_opp = org.opportunities.sort_values("id")
+    assert [r[0] for r in stored_opp] == exp_opp["id"].tolist()
+    assert [r[1] for r in stored_opp] == exp_opp["account_id"].tolist()
+    assert [bool(r[3]) for r in stored_opp] == exp_opp["is_won"].tolist()
+    history = rows(
+        engine, "SELECT count(*), count(*) FILTER (WHERE end_date IS NULL) FROM assignment_history"
+    )
+    assert history == [(len(org.assignments), int(org.assignments["end_date"].isna().sum()))]
+
+
+def test_full_import_of_a_generated_org_matches_the_files(db: Engine, small_org: Org, tmp_path: Path) -> None:
+    folder = tmp_path / "org"
+    written = write_csv(small_org, folder)
+    summary = sync(db, folder, chunk_rows=250)
+    assert summary.status == "succeeded"
+    assert_balanced(summary)
+    by_object = {o.object: o for o in summary.objects}
+    assert by_object["accounts"].rows_upserted == written["accounts.csv"]
+    assert by_object["opportunities"].rows_upserted == written["opportunities.csv"]
+    assert summary.total("rows_quarantined") == 0
+    assert_store_equals_org(db, small_org)
+    # The watermark is the newest modified_at of the file, saved with the rows.
+    newest = small_org.accounts["modified_at"].max()
+    (watermark,) = rows(db, "SELECT watermark FROM sync_state WHERE source = 'csv' AND object = 'accounts'")
+    cursor = Cursor.from_json(watermark[0])
+    assert cursor is not None
+    assert cursor.modified_at == newest.to_pydatetime()
+    runs = rows(db, "SELECT object, status, rows_read, rows_upserted FROM sync_runs ORDER BY id")
+    assert runs == [(o.object, "succeeded", o.rows_read, o.rows_upserted) for o in summary.objects]
+
+
+def test_the_same_import_twice_changes_nothing(db: Engine, small_org: Org, tmp_path: Path) -> None:
+    folder = tmp_path / "org"
+    write_csv(small_org, folder)
+    sync(db, folder)
+    dump_sql = (
+        "SELECT (SELECT md5(string_agg(a::text, '' ORDER BY id)) FROM (SELECT id, name, owner_id, tier, arr, "
+        "potential, lat, lon, protected, modified_at, deleted FROM accounts) a), "
+        "(SELECT md5(string_agg(o::text, '' ORDER BY id)) FROM (SELECT id, account_id, amount, probability, "
+        "close_date, is_closed, is_won, deleted FROM opportunities) o), "
+        "(SELECT md5(string_agg(h::text, '' ORDER BY id)) FROM assignment_history h)"
+    )
+    before = rows(db, dump_sql)
+    again = sync(db, folder, full=True)
+    assert again.status == "succeeded"
+    assert_balanced(again)
+    assert rows(db, dump_sql) == before
+    assert again.total("rows_deleted") == 0
+    assert_store_equals_org(db, small_org)
+
+
+def test_incremental_import_reads_only_what_changed(db: Engine, tmp_path: Path) -> None:
+    folder = write_export(
+        tmp_path / "x",
+        owners=[owner(1), owner(2)],
+        accounts=[account(i, modified_at=f"2026-10-0{i}T00:00:00Z") for i in range(1, 6)],
+    )
+    sync(db, folder)
+    write_export(
+        folder,
+        owners=[owner(1), owner(2)],
+        accounts=[
+            *(account(i, modified_at=f"2026-10-0{i}T00:00:00Z") for i in range(1, 5)),
+            account(5, arr="2500.50", modified_at="2026-10-09T00:00:00Z"),
+        ],
+    )
+    summary = sync(db, folder)
+    accounts = next(o for o in summary.objects if o.object == "accounts")
+    assert accounts.rows_read == 1  # only account 5: the others are older than the watermark - lookback
+    assert rows(db, "SELECT arr FROM accounts WHERE id = '001A5'") == [(Decimal("2500.50"),)]
+
+
+def test_ids_missing_from_a_full_export_are_deleted(db: Engine, tmp_path: Path) -> None:
+    folder = write_export(
+        tmp_path / "x",
+        owners=[owner(1), owner(2)],
+        accounts=[account(1), account(2), account(3)],
+        opportunities=[opportunity(1), opportunity(2)],
+    )
+    sync(db, folder)
+    write_export(folder, owners=[owner(1)], accounts=[account(1), account(3)], opportunities=[opportunity(2)])
+    summary = sync(db, folder)
+    assert summary.status == "succeeded"
+    deleted = {o.object: o.rows_deleted for o in summary.objects}
+    assert deleted == {"owners": 1, "accounts": 1, "opportunities": 1}
+    assert rows(db, "SELECT id, active FROM owners ORDER BY id") == [("005O1", True), ("005O2", False)]
+    assert rows(db, "SELECT id FROM accounts WHERE deleted") == [("001A2",)]
+    assert rows(db, "SELECT id FROM opportunities WHERE deleted") == [("006P1",)]
+    # A record that comes back is live again.
+    write_export(folder, owners=[owner(1)], accounts=[account(1), account(2), account(3)])
+    sync(db, folder)
+    assert rows(db, "SELECT count(*) FROM accounts WHERE deleted") == [(0,)]
+
+
+def test_an_export_without_any_row_deletes_nothing(db: Engine, tmp_path: Path) -> None:
+    folder = write_export(tmp_path / "x", owners=[owner(1)], accounts=[account(1)])
+    sync(db, folder)
+    write_export(folder, owners=[owner(1)], accounts=[])
+    summary = sync(db, folder)
+    assert summary.total("rows_deleted") == 0
+    assert rows(db, "SELECT deleted FROM accounts") == [(False,)]
+
+
+def test_assignments_seed_the_history_once(db: Engine, tmp_path: Path) -> None:
+    history = [
+        {"account_id": "001A1", "owner_id": "005O2", "start_date": "2025-01-01", "end_date": "2026-03-01"},
+        {"account_id": "001A1", "owner_id": "005O1", "start_date": "2026-03-01", "end_date": ""},
+        {"account_id": "001A9", "owner_id": "005O1", "start_date": "2026-03-01", "end_date": ""},
+        {"account_id": "001A2", "owner_id": "005O1", "start_date": "someday", "end_date": ""},
+    ]
+    folder = write_export(
+        tmp_path / "x", owners=[owner(1), owner(2)], accounts=[account(1), account(2)], assignments=history
+    )
+    sync(db, folder)
+    sql = "SELECT account_id, owner_id, start_date, end_date, source FROM assignment_history ORDER BY account_id, start_date"
+    seeded = rows(db, sql)
+    assert seeded == [
+        ("001A1", "005O2", dt.date(2025, 1, 1), dt.date(2026, 3, 1), "import"),
+        ("001A1", "005O1", dt.date(2026, 3, 1), None, "import"),
+        # no usable history row for 001A2: opened from its modified date
+        ("001A2", "005O1", dt.date(2026, 10, 1), None, "sync"),
+    ]
+    reasons = rows(db, "SELECT record_id, reason FROM quarantine WHERE object = 'assignments' ORDER BY 1")
+    assert reasons == [
+        ("001A2:someday", "unparseable start_date"),
+        ("001A9:2026-03-01", "unknown account: 001A9"),
+    ]
+    sync(db, folder, full=True)
+    assert rows(db, sql) == seeded
+    assert rows(db, "SELECT count(*) FROM quarantine") == [(2,)]
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (
+            lambda p: p.write_text("id,name,email\n1,a,b\n", encoding="utf-8"),
+            "owners.csv: header lacks column 'region'",
+        ),
+        (lambda p: p.write_bytes(b"id,name\xe9,email\n"), "owners.csv: not UTF-8"),
+        (lambda p: p.write_text("", encoding="utf-8"), "owners.csv: empty file"),
+        (lambda p: p.unlink(), "owners.csv is missing"),
+    ],
+    ids=["missing-column", "latin-1", "empty", "absent"],
+)
+def test_malformed_files_are_config_errors_naming_file_and_column(
+    tmp_path: Path, mutate: Any, message: str
+) -> None:
+    folder = write_export(tmp_path / "x", owners=[owner(1)])
+    mutate(folder / "owners.csv")
+    with pytest.raises(ConnectorConfigError, match=message):
+        CsvConnector(folder)
+
+
+def test_bad_encoding_past_the_header_fails_the_object_and_keeps_the_rest(db: Engine, tmp_path: Path) -> None:
+    folder = write_export(tmp_path / "x", owners=[owner(1)], accounts=[account(1)])
+    with (folder / "opportunities.csv").open("ab") as fh:
+        fh.write(b"006P1,001A1,005O1,Caf\xe9 deal,,,,,,,\n")
+    summary = sync(db, folder)
+    assert summary.status == "failed"
+    failed = summary.objects[-1]
+    assert failed.object == "opportunities"
+    assert failed.error is not None
+    assert "opportunities.csv: not UTF-8" in failed.error
+    assert rows(db, "SELECT count(*) FROM accounts") == [(1,)]
+    assert rows(db, "SELECT status, error IS NOT NULL FROM sync_runs WHERE object = 'opportunities'") == [
+        ("failed", True)
+    ]
+
+
+def test_chunks_stay_bounded(tmp_path: Path, small_org: Org) -> None:
+    folder = tmp_path / "org"
+    write_csv(small_org, folder)
+    connector = CsvConnector(folder, chunk_rows=100)
+    sizes = [len(b.records) for b in connector.read(CrmObject.opportunities, None)]
+    assert max(sizes) == 100
+    assert sum(sizes) == len(small_org.opportunities)
+
+
+def test_the_registry_builds_the_csv_connector_and_names_what_is_missing(tmp_path: Path) -> None:
+    from connectors.registry import build_connector
+    from service.settings import Settings
+
+    settings = Settings(sync={"batch_size": 123})
+    folder = write_export(tmp_path / "x", owners=[owner(1)])
+    connector = build_connector("csv", settings, folder)
+    assert isinstance(connector, CsvConnector)
+    assert connector.chunk_rows == 123
+    with pytest.raises(ConnectorConfigError, match="needs --path"):
+        build_connector("csv", settings, None)
+    with pytest.raises(ConnectorConfigError, match="unknown source 'pipedrive'"):
+        build_connector("pipedrive", settings, None)
