@@ -107,11 +107,13 @@ _FIELDS: Final = (
 )
 _CENTS: Final = frozenset({"arr", "potential", "open_amount", "weighted_amount", "won_amount"})
 _SEND: Final = {">i4": "int4send", ">i8": "int8send", ">f8": "float8send"}
-# Built from the constant names above only (no input), hence the noqa.
+# Built from the constant names above only (no input), hence the noqa. Every column is aggregated from
+# the same row stream, so the columns line up; their row order is otherwise unspecified, and sorted by
+# account id only on request (a sort of every account that the metrics do not need).
 _COLUMNS_QUERY: Final = (
     "SELECT "  # noqa: S608
     + ", ".join(f"string_agg({_SEND[kind]}({name}), ''::bytea)" for name, kind in _FIELDS)
-    + f" FROM ({_ACCOUNTS}) AS account_rows"
+    + " FROM ({accounts}) AS account_rows"
 )
 
 
@@ -156,8 +158,13 @@ def load_territories(conn: Connection, as_of: dt.date) -> pd.DataFrame:
     return frame.set_index("owner_id")
 
 
-def load_accounts(conn: Connection, as_of: dt.date, territories: pd.Index) -> pd.DataFrame:
-    """One row per non-deleted account as of ``as_of`` (``ACCOUNT_COLUMNS``), column by column."""
+def load_accounts(
+    conn: Connection, as_of: dt.date, territories: pd.Index, *, by_id: bool = False
+) -> pd.DataFrame:
+    """One row per non-deleted account as of ``as_of`` (``ACCOUNT_COLUMNS``), column by column.
+
+    Rows come in no particular order unless ``by_id`` (what a row-by-row comparison needs).
+    """
     raw = conn.connection.driver_connection
     if raw is None:
         raise RuntimeError("the connection is closed")
@@ -178,7 +185,8 @@ def load_accounts(conn: Connection, as_of: dt.date, territories: pd.Index) -> pd
         cur.execute("SET LOCAL jit = off")
         params: dict[str, object] = {"as_of": as_of, "window": WON_WINDOW_DAYS}
         params |= {f"tier{i}": tier for i, tier in enumerate(TIERS)}
-        row = cur.execute(_COLUMNS_QUERY, params, binary=True).fetchone()
+        accounts = _ACCOUNTS + ("ORDER BY a.id" if by_id else "")
+        row = cur.execute(_COLUMNS_QUERY.format(accounts=accounts), params, binary=True).fetchone()
     if row is None:
         raise RuntimeError("the account query returned no row")
     values = column_arrays(list(row))
@@ -191,9 +199,9 @@ def load_accounts(conn: Connection, as_of: dt.date, territories: pd.Index) -> pd
     return pd.DataFrame(columns)
 
 
-def load_inputs(conn: Connection, as_of: dt.date) -> Inputs:
+def load_inputs(conn: Connection, as_of: dt.date, *, by_id: bool = False) -> Inputs:
     """The territories and accounts as of ``as_of`` (read in the caller's transaction)."""
     owners = load_territories(conn, as_of)
-    accounts = load_accounts(conn, as_of, owners.index)
+    accounts = load_accounts(conn, as_of, owners.index, by_id=by_id)
     log.debug("loaded metric inputs", extra={"as_of": as_of.isoformat(), "accounts": len(accounts)})
     return Inputs(as_of=as_of, owners=owners, accounts=accounts)

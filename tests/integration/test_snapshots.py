@@ -88,9 +88,9 @@ def test_inputs_as_of_follow_the_ownership_history(db: Engine) -> None:
     with db.begin() as conn:
         seed(conn)
     with db.connect() as conn:
-        jan = load_inputs(conn, dt.date(2026, 1, 14))
-        feb = load_inputs(conn, dt.date(2026, 2, 1))
-        may = load_inputs(conn, dt.date(2026, 5, 1))
+        jan = load_inputs(conn, dt.date(2026, 1, 14), by_id=True)
+        feb = load_inputs(conn, dt.date(2026, 2, 1), by_id=True)
+        may = load_inputs(conn, dt.date(2026, 5, 1), by_id=True)
     # Before 2026-01-15 a1 was Bo's; Cy (inactive now) held b2 until 2026-02-01, so was a territory.
     assert list(jan.owners.index) == ["A", "B", "C"]
     owners = dict(zip(["a1", "a2", "b1", "b2", "n1"], jan.accounts["owner_id"].astype(object), strict=True))
@@ -110,7 +110,7 @@ def test_sql_aggregates_agree_with_the_pure_definitions(db: Engine) -> None:
         accounts = pd.read_sql("SELECT * FROM accounts WHERE NOT deleted ORDER BY id", conn)
         opportunities = pd.read_sql("SELECT * FROM opportunities", conn)
     with db.connect() as conn:
-        loaded = load_inputs(conn, D)
+        loaded = load_inputs(conn, D, by_id=True)
         health = compute_health(conn, DEFAULT_TOUCHES, DEFAULT_RULES, D, hysteresis=False)
     per_account = account_opportunities(opportunities, D)
     pure = (
