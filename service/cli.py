@@ -9,7 +9,7 @@ import logging
 import sys
 import time
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.console import Console
@@ -17,9 +17,14 @@ from rich.table import Table
 
 from service.errors import ConfigError
 from service.logs import configure_logging
-from service.runtime import open_database, open_embedded
+from service.runtime import open_database
 from service.settings import Settings, load_settings
 from store.errors import StoreError
+
+if TYPE_CHECKING:  # the commands import what they run; `territory --help` stays fast
+    from monitor.jobs import Health
+    from monitor.snapshots import EventChanges
+    from service.demo import DemoResult
 
 log = logging.getLogger(__name__)
 
@@ -99,13 +104,21 @@ def demo(
     ] = None,
     reps: Annotated[int | None, typer.Option(min=1, help="reps to generate [config: demo.reps]")] = None,
     seed: Annotated[int | None, typer.Option(min=0, help="generator seed [config: demo.seed]")] = None,
+    serve: Annotated[
+        bool, typer.Option("--serve/--no-serve", help="go on serving /metrics and the scheduler")
+    ] = True,
     output: FormatOption = OutputFormat.table,
 ) -> None:
-    """Run the loop on the embedded default: embedded PostgreSQL, migrate, load a generated org."""
+    """The loop on the embedded default: sandbox CRM, sync, health and drift, then the daemon.
+
+    A generated org is served by the sandbox Salesforce; the real connector syncs it into the embedded
+    PostgreSQL; every territory is measured; then `territory serve` runs against the same sandbox
+    (/metrics, /healthz, the scheduler) until Ctrl-C.
+    """
     from connectors.sandbox.generator import DEFAULT_NOW, generate_org
-    from connectors.sandbox.seed import load_org
-    from store import migrate as migrations
-    from store.summary import org_summary
+    from connectors.sandbox.salesforce import start_salesforce_sandbox
+    from service.demo import run_demo, sandbox_settings
+    from service.serve import serve as run_serve
 
     settings = _settings(ctx)
     accounts = accounts or settings.demo.accounts
@@ -115,23 +128,41 @@ def demo(
     if settings.database_url is not None:
         console.print("demo runs on the embedded PostgreSQL; TERRITORY_DATABASE_URL is left untouched")
     started = time.perf_counter()
-    with console.status("starting the embedded PostgreSQL") as status, open_embedded(settings) as engine:
-        status.update("migrating")
-        migrations.upgrade(engine)
-        status.update(f"generating an org of {accounts:,} accounts and {reps:,} reps (seed {seed})")
+    with console.status(
+        f"generating an org of {accounts:,} accounts and {reps:,} reps (seed {seed})"
+    ) as status:
         org = generate_org(accounts=accounts, reps=reps, seed=seed, now=DEFAULT_NOW)
-        status.update("loading it into PostgreSQL")
-        load_org(engine, org)
-        with engine.connect() as conn:
-            summary = org_summary(conn)
-    seconds = time.perf_counter() - started
-    log.info("demo loaded the org", extra={"accounts": summary.accounts, "seconds": round(seconds, 3)})
-    if output is OutputFormat.json:
-        _emit_json({"data_dir": str(settings.data_dir), "seconds": round(seconds, 3), **summary.as_dict()})
-        return
+        status.update("starting the sandbox Salesforce")
+        sandbox = start_salesforce_sandbox(org, cert_dir=settings.data_dir / "sandbox-tls")
+    try:
+        demo_settings = sandbox_settings(settings, sandbox.url, sandbox.access_token, sandbox.ca_path)
+        with console.status("starting the embedded PostgreSQL") as status:
+            result = run_demo(demo_settings, now=dt.datetime.now(dt.UTC), status=status.update)
+        seconds = time.perf_counter() - started
+        if output is OutputFormat.json:
+            _emit_json({"data_dir": str(settings.data_dir), "seconds": round(seconds, 3), **result.as_dict()})
+        else:
+            _print_demo(result, settings, sandbox.url, seconds)
+        if result.sync.status != "succeeded":
+            raise typer.Exit(1)
+        if serve:
+            where = f"http://{settings.server.host}:{settings.server.port}"
+            console.print(
+                f"serving {where}/metrics, /healthz and /readyz; the scheduler syncs the sandbox every "
+                f"{settings.scheduler.sync_interval_minutes:g} minutes. Ctrl-C stops."
+            )
+            run_serve(demo_settings)
+    finally:
+        sandbox.stop()
+
+
+def _print_demo(result: DemoResult, settings: Settings, sandbox_url: str, seconds: float) -> None:
+    """The demo's report on a terminal: the sync, the org it produced, and the territories' health."""
+    summary = result.org
     out = Console()
-    out.print(f"[bold]Loaded a generated org[/bold] into the embedded PostgreSQL in {settings.data_dir}")
-    totals = Table("what", "count", title="The org", title_justify="left")
+    out.print(f"[bold]Sandbox Salesforce[/bold] at {sandbox_url}; embedded PostgreSQL in {settings.data_dir}")
+    out.print(result.sync.one_line())
+    totals = Table("what", "count", title="The org in PostgreSQL", title_justify="left")
     for label, value in (
         ("owners (active)", f"{summary.owners:,} ({summary.active_owners:,})"),
         ("accounts (strategic)", f"{summary.accounts:,} ({summary.strategic_accounts:,})"),
@@ -145,11 +176,46 @@ def demo(
     ):
         totals.add_row(label, value)
     out.print(totals)
-    regions = Table("region", "reps", "accounts", "ARR", title="By region", title_justify="left")
-    for r in summary.regions:
-        regions.add_row(r.region, f"{r.reps:,}", f"{r.accounts:,}", f"{r.arr:,.0f}")
-    out.print(regions)
+    _print_drift(out, result.snapshot.health)
+    out.print(
+        f"saved snapshot {result.snapshot.snapshot_id}; every metric of every territory: "
+        "`territory health`; the report: `territory report --out report.html`"
+    )
     out.print(f"done in {seconds:.1f} s")
+
+
+DRIFT_ROWS = 15
+
+
+def _print_drift(out: Console, report: Health) -> None:
+    """The balance of each metric and the territories furthest outside their rules' bands."""
+    stats = Table("metric", "mean", "cv", "gini", "outside band", title="Balance", title_justify="left")
+    for name, row in report.balance.iterrows():
+        cv, gini = (f"{row[s]:.3f}" if row[s] == row[s] else "-" for s in ("cv", "gini"))
+        stats.add_row(str(name), _health_cell(row["mean"], str(name)), cv, gini, f"{row['outside_band']:.0f}")
+    out.print(stats)
+    fired = report.fired
+    if fired.empty:
+        out.print("no territory is outside a band")
+        return
+    names = report.territories["owner_name"]
+    worst = fired.assign(size=fired["deviation"].abs()).sort_values("size", ascending=False).head(DRIFT_ROWS)
+    table = Table(
+        "territory", "rule", "value", "org mean", "deviation",
+        title=f"Drift: {len(fired):,} breaches in {fired['owner_id'].nunique():,} territories "
+        f"(the {len(worst)} largest)",
+        title_justify="left",
+    )  # fmt: skip
+    for r in worst.itertuples(index=False):
+        metric = str(r.metric)
+        table.add_row(
+            str(names.get(r.owner_id, r.owner_id)),
+            str(r.rule),
+            _health_cell(r.value, metric),
+            _health_cell(r.mean, metric),
+            f"{r.deviation:+.0%}",
+        )
+    out.print(table)
 
 
 @sandbox_app.command("export")
@@ -238,7 +304,6 @@ def health(
 ) -> None:
     """Every territory's health metrics, their balance across territories, and the drift breaches."""
     from monitor.jobs import backfill, compute_health, take_snapshot
-    from monitor.metrics import METRICS, UNLOCATED
     from store import migrate as migrations
     from store.errors import DatabaseError
 
@@ -280,9 +345,16 @@ def health(
     if output is OutputFormat.json:
         _emit_json(report.as_json())
         return
+    _print_health(Console(), report, snapshot_id, events)
+
+
+def _print_health(out: Console, report: Health, snapshot_id: int | None, events: EventChanges | None) -> None:
+    """The health table (breaches highlighted), the balance table and a closing line."""
+    from monitor.metrics import METRICS, UNLOCATED
+
+    day = report.as_of
     fired = {(str(r.owner_id), str(r.metric)) for r in report.fired.itertuples(index=False)}
     pending = {(str(r.owner_id), str(r.metric)) for r in report.breaches.itertuples(index=False)} - fired
-    out = Console()
     table = Table("owner", "name", *METRICS, title=f"Territory health as of {day}", title_justify="left")
     for owner_id, row in report.territories.iterrows():
         cells = []

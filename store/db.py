@@ -89,3 +89,12 @@ def ensure_database(admin_url: URL, name: str) -> URL:
     finally:
         engine.dispose()
     return admin_url.set(database=name)
+
+
+def truncate_all(engine: Engine) -> None:
+    """Empty every table of the schema (not the migration version): a demo's or a test's fresh start."""
+    from store.models import Base
+
+    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
+    with engine.begin() as conn:
+        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))

@@ -6,12 +6,11 @@ import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
 from store import migrate
-from store.db import make_engine
-from store.models import Base
+from store.db import make_engine, truncate_all
 from tests.pg import assert_created_by_run, create_test_database, drop_test_database, server_for_tests
 
 
@@ -63,6 +62,4 @@ def engine(database_url: URL, run_id: str) -> Iterator[Engine]:
 def db(engine: Engine) -> Iterator[Engine]:
     """The migrated database, emptied after the test so that every test starts from no rows."""
     yield engine
-    tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-    with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    truncate_all(engine)
