@@ -91,7 +91,7 @@ class AccountPoint:
 
 @dataclass(frozen=True)
 class ReportData:
-    """Everything the report shows; built by ``monitor.collector.load_report`` from the store."""
+    """Everything the report shows; built by ``monitor.report_data.load_report`` from the store."""
 
     as_of: dt.date
     snapshot_kind: str

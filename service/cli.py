@@ -577,8 +577,8 @@ def report(
     ] = None,
 ) -> None:
     """Write the health report: one self-contained HTML file (scorecard, bands, trend, drift, map)."""
-    from monitor.collector import load_report
     from monitor.report import render_report
+    from monitor.report_data import load_report
 
     settings = _settings(ctx)
     with open_database(settings) as engine, engine.connect() as conn:

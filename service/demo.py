@@ -79,7 +79,8 @@ def run_demo(
     with open_embedded(settings) as engine:
         status("migrating")
         migrate.upgrade(engine)
-        truncate_all(engine)  # the demo's database is its own: each run starts from an empty org
+        with engine.begin() as conn:
+            truncate_all(conn)  # the demo's database is its own: each run starts from an empty org
         status("syncing the sandbox Salesforce through simple-salesforce")
         sync = run_sync(
             engine,

@@ -8,7 +8,7 @@ import warnings
 from collections.abc import Iterator
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, make_url, text
+from sqlalchemy import Connection, Engine, create_engine, make_url, text
 from sqlalchemy.engine import URL
 from sqlalchemy.orm import Session, sessionmaker
 
@@ -91,10 +91,9 @@ def ensure_database(admin_url: URL, name: str) -> URL:
     return admin_url.set(database=name)
 
 
-def truncate_all(engine: Engine) -> None:
+def truncate_all(conn: Connection) -> None:
     """Empty every table of the schema (not the migration version): a demo's or a test's fresh start."""
     from store.models import Base
 
     tables = ", ".join(f'"{t.name}"' for t in Base.metadata.sorted_tables)
-    with engine.begin() as conn:
-        conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))
+    conn.execute(text(f"TRUNCATE {tables} RESTART IDENTITY CASCADE"))

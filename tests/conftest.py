@@ -62,4 +62,5 @@ def engine(database_url: URL, run_id: str) -> Iterator[Engine]:
 def db(engine: Engine) -> Iterator[Engine]:
     """The migrated database, emptied after the test so that every test starts from no rows."""
     yield engine
-    truncate_all(engine)
+    with engine.begin() as conn:
+        truncate_all(conn)

@@ -14,7 +14,20 @@ import pytest
 pytestmark = pytest.mark.e2e
 
 TERRITORY = str(Path(sys.executable).with_name("territory"))
-COMMANDS = [[], ["migrate"], ["demo"], ["sandbox"], ["sandbox", "export"], ["config"], ["config", "show"]]
+COMMANDS = [
+    [],
+    ["migrate"],
+    ["demo"],
+    ["sync"],
+    ["health"],
+    ["report"],
+    ["serve"],
+    ["sandbox"],
+    ["sandbox", "export"],
+    ["sandbox", "serve"],
+    ["config"],
+    ["config", "show"],
+]
 
 
 def run(
@@ -34,7 +47,7 @@ def run(
 def test_help_lists_the_commands() -> None:
     result = run("--help")
     assert result.returncode == 0
-    for name in ("migrate", "demo", "sandbox", "config"):
+    for name in ("migrate", "demo", "sync", "health", "report", "serve", "sandbox", "config"):
         assert name in result.stdout
 
 

@@ -20,7 +20,6 @@ from sqlalchemy.engine import URL
 
 from connectors.sandbox.generator import generate_org
 from connectors.sandbox.seed import load_org
-from monitor.collector import load_report
 from monitor.drift import DEFAULT_RULES, RuleKind
 from monitor.jobs import backfill, take_snapshot
 from monitor.report import (
@@ -33,6 +32,7 @@ from monitor.report import (
     TrendPoint,
     render_report,
 )
+from monitor.report_data import load_report
 from service.settings import Settings
 from store import migrate
 from store.db import make_engine
