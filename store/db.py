@@ -10,6 +10,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection, Engine, create_engine, make_url, text
 from sqlalchemy.engine import URL
+from sqlalchemy.exc import SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
 
 from store.errors import DatabaseError
@@ -38,8 +39,14 @@ def make_engine(url: str | URL, *, application_name: str = "territory", pool_siz
         pool_pre_ping=True,
         connect_args={"application_name": application_name},
     )
-    with engine.connect() as conn:
-        version = conn.execute(text("SHOW server_version_num")).scalar_one()
+    try:
+        with engine.connect() as conn:
+            version = conn.execute(text("SHOW server_version_num")).scalar_one()
+    except SQLAlchemyError as exc:
+        engine.dispose()
+        reason = str(getattr(exc, "orig", None) or exc).strip().splitlines()[0]
+        where = engine.url.render_as_string(hide_password=True)
+        raise DatabaseError(f"cannot connect to {where}: {reason}") from exc
     if int(version) < MIN_SERVER_VERSION:
         engine.dispose()
         raise DatabaseError(f"PostgreSQL 15 or newer is required; the server is version {version}")

@@ -7,9 +7,15 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+from sqlalchemy.engine import URL
+
+from store import migrate
+from store.db import make_engine
+from tests.pg import url_text
 
 pytestmark = pytest.mark.e2e
 
@@ -103,3 +109,28 @@ def test_sandbox_export_same_seed_same_bytes(tmp_path: Path) -> None:
     assert set(report["files"]) == {"owners.csv", "accounts.csv", "opportunities.csv", "assignments.csv"}
     assert _digest(tmp_path / "a") == _digest(tmp_path / "b")
     assert _digest(tmp_path / "a")["accounts.csv"] != _digest(tmp_path / "c")["accounts.csv"]
+
+
+def test_migrate_brings_a_database_to_head_and_is_idempotent(fresh_database: Callable[[], URL]) -> None:
+    url = fresh_database()
+    env = {"TERRITORY_DATABASE_URL": url_text(url)}
+    first = run("migrate", env=env)
+    assert first.returncode == 0, first.stderr
+    engine = make_engine(url)
+    try:
+        head = migrate.heads(engine)[0]
+        assert migrate.current(engine) == head
+    finally:
+        engine.dispose()
+    assert first.stdout.strip() == f"database at revision {head} (was empty)"
+    again = run("migrate", env=env)
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.strip() == f"database at revision {head} (was {head})"
+
+
+def test_unreachable_database_is_one_line_and_exit_1() -> None:
+    result = run("migrate", env={"TERRITORY_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"})
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("territory: database error:")
