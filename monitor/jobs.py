@@ -132,7 +132,7 @@ def compute_health(
     every breach of a rule with ``consecutive`` 1 fires.
     """
     inputs = load_inputs(conn, as_of)
-    territories = territory_metrics(inputs.owners, inputs.accounts, touches)
+    territories = territory_metrics(inputs.owners, inputs.accounts, touches, sums=inputs.sums)
     raw = evaluate(territories, rules)
     stats = balance(territories, METRICS, outside_band(raw))
     previous: list[tuple[dt.date, pd.DataFrame]] = []

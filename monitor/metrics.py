@@ -1,8 +1,9 @@
 """Per-territory health metrics as of a date: plain DataFrames in, one row per territory out.
 
 Every definition is in docs/metrics.md; this module is the executable version of that page. The inputs
-are already "as of D" (see ``monitor.frames``): one row per territory owner and one row per account with
-its opportunities aggregated per account. Sums are vectorised ``np.bincount`` over territory codes.
+are already "as of D" (see ``monitor.frames``): one row per territory owner, one row per account, and the
+opportunities either summed per territory (what Postgres hands over) or per account (the reference
+form, :func:`account_opportunities`). Sums are vectorised ``np.bincount`` over territory codes.
 """
 
 from __future__ import annotations
@@ -43,20 +44,15 @@ WON_WINDOW_DAYS: Final = 365
 EARTH_RADIUS_KM: Final = 6371.0
 
 OWNER_COLUMNS: Final = ("name", "capacity", "quota", "home_lat", "home_lon")
-ACCOUNT_COLUMNS: Final = (
-    "owner_id",
-    "tier",
-    "arr",
-    "potential",
-    "lat",
-    "lon",
-    "open_amount",
-    "weighted_amount",
-    "won_amount",
-    "won_count",
-    "closed_count",
-)
-"""Per-account input: the account's owner as of D, its attributes, and its opportunities as of D."""
+BOOK_COLUMNS: Final = ("owner_id", "tier", "arr", "potential", "lat", "lon")
+"""Per-account input: the account's owner as of D and its attributes."""
+PIPELINE_COLUMNS: Final = ("open_amount", "weighted_amount", "won_amount", "won_count", "closed_count")
+"""Opportunities as of D summed per account (:func:`account_opportunities`) or per territory."""
+ACCOUNT_COLUMNS: Final = (*BOOK_COLUMNS, *PIPELINE_COLUMNS)
+"""The reference per-account input: the account and its own opportunities as of D."""
+BOOK_SUMS: Final = ("arr", "potential", "largest_arr")
+TERRITORY_SUMS: Final = (*BOOK_SUMS, *PIPELINE_COLUMNS)
+"""The money and counts of a territory's accounts and opportunities (:func:`territory_sums`)."""
 
 
 def territory_codes(values: pd.Series, categories: pd.Index) -> npt.NDArray[np.intp]:
@@ -88,17 +84,52 @@ def _ratio(numerator: FloatArray, denominator: FloatArray) -> FloatArray:
     return out
 
 
+def territory_sums(owners: pd.Index, accounts: pd.DataFrame) -> pd.DataFrame:
+    """``TERRITORY_SUMS`` per territory from one row per account with ``ACCOUNT_COLUMNS``.
+
+    ``largest_arr`` is the largest account ARR (0 for an empty book). Missing money counts as zero;
+    accounts whose owner is not a territory are ignored. Postgres computes the same sums in frames.
+    """
+    n = len(owners)
+    codes = territory_codes(accounts["owner_id"], owners)
+    keep = codes >= 0
+    code = codes[keep]
+    acc = accounts.loc[keep] if not keep.all() else accounts
+
+    def money(column: str) -> FloatArray:
+        return np.nan_to_num(_floats(acc[column]), nan=0.0)
+
+    out = {
+        c: np.bincount(code, weights=money(c), minlength=n).astype(np.float64) for c in ("arr", "potential")
+    }
+    largest = np.zeros(n)
+    np.maximum.at(largest, code, money("arr"))
+    out["largest_arr"] = largest
+    for column in PIPELINE_COLUMNS:
+        out[column] = np.bincount(code, weights=money(column), minlength=n).astype(np.float64)
+    return pd.DataFrame(out, index=owners)
+
+
 def territory_metrics(
-    owners: pd.DataFrame, accounts: pd.DataFrame, touches: Mapping[str, float] = DEFAULT_TOUCHES
+    owners: pd.DataFrame,
+    accounts: pd.DataFrame,
+    touches: Mapping[str, float] = DEFAULT_TOUCHES,
+    *,
+    sums: pd.DataFrame | None = None,
 ) -> pd.DataFrame:
     """Every metric of every territory: one row per row of ``owners`` (index: owner id).
 
     ``owners`` holds the territories (index owner id, columns ``OWNER_COLUMNS``); ``accounts`` holds one
-    row per account with ``ACCOUNT_COLUMNS``. Accounts whose owner is not a territory are ignored.
-    Missing money (ARR, potential, amounts) counts as zero; missing ratios are NaN. The result has the
-    columns ``METRICS`` then ``UNLOCATED``.
+    row per account with ``ACCOUNT_COLUMNS``, or, when ``sums`` brings the money and counts per
+    territory (index owner id, ``TERRITORY_SUMS``, as Postgres computes them), only ``owner_id``,
+    ``tier``, ``lat`` and ``lon``. Accounts whose owner is not a territory are ignored. Missing money
+    (ARR, potential, amounts) counts as zero; missing ratios are NaN. The result has the columns
+    ``METRICS`` then ``UNLOCATED``.
     """
     n = len(owners)
+    if sums is None:
+        sums = territory_sums(owners.index, accounts)
+    per = {c: np.nan_to_num(_floats(sums[c].reindex(owners.index)), nan=0.0) for c in TERRITORY_SUMS}
     codes = territory_codes(accounts["owner_id"], owners.index)
     keep = codes >= 0
     code = codes[keep]
@@ -107,22 +138,18 @@ def territory_metrics(
     def total(values: FloatArray | None = None) -> FloatArray:
         return np.bincount(code, weights=values, minlength=n).astype(np.float64)
 
-    def money(column: str) -> FloatArray:
-        return np.nan_to_num(_floats(acc[column]), nan=0.0)
-
     tier_code = territory_codes(acc["tier"], pd.Index(TIERS))
-    arr = money("arr")
     out: dict[str, npt.NDArray[np.float64] | npt.NDArray[np.int64]] = {}
     out["accounts"] = np.bincount(code, minlength=n).astype(np.int64)
     strategic = tier_code == TIERS.index("strategic")
     out["strategic_accounts"] = np.bincount(code, weights=strategic, minlength=n).astype(np.int64)
-    out["arr"] = total(arr)
-    out["potential"] = total(money("potential"))
-    out["open_pipeline"] = total(money("open_amount"))
-    out["weighted_pipeline"] = total(money("weighted_amount"))
-    won = total(money("won_amount"))
+    out["arr"] = per["arr"]
+    out["potential"] = per["potential"]
+    out["open_pipeline"] = per["open_amount"]
+    out["weighted_pipeline"] = per["weighted_amount"]
+    won = per["won_amount"]
     out["won_12m"] = won
-    out["win_rate_12m"] = _ratio(total(money("won_count")), total(money("closed_count")))
+    out["win_rate_12m"] = _ratio(per["won_count"], per["closed_count"])
     out["quota_attainment"] = _ratio(won, _floats(owners["quota"]))
     per_tier = np.array([float(touches.get(t, 0.0)) for t in TIERS])
     account_touches = np.where(tier_code >= 0, per_tier[tier_code], 0.0)
@@ -139,9 +166,7 @@ def territory_metrics(
     km_count = np.bincount(code, weights=measured, minlength=n).astype(np.float64)
     out["travel_km"] = _ratio(km_sum, km_count)
 
-    largest = np.zeros(n)
-    np.maximum.at(largest, code, arr)
-    out["top_account_share"] = _ratio(largest, total(arr))
+    out["top_account_share"] = _ratio(per["largest_arr"], per["arr"])
     out[UNLOCATED] = np.bincount(code, weights=~located, minlength=n).astype(np.int64)
     frame = pd.DataFrame(out, index=owners.index)
     frame.index.name = "owner_id"
@@ -178,3 +203,14 @@ def account_opportunities(opportunities: pd.DataFrame, as_of: dt.date) -> pd.Dat
         }
     )
     return parts.groupby("account_id", sort=True).sum()
+
+
+def territory_pipeline(opportunities: pd.DataFrame, owner_of: pd.Series, as_of: dt.date) -> pd.DataFrame:
+    """Opportunities as of ``as_of`` summed per territory: the pure twin of the SQL in frames.
+
+    ``owner_of`` maps account id to its owner as of D (missing: no owner); the result is indexed by
+    owner id with ``PIPELINE_COLUMNS``. By definition the per-account sums added up per owner.
+    """
+    per_account = account_opportunities(opportunities, as_of)
+    owner = owner_of.reindex(per_account.index)
+    return per_account.loc[owner.notna().to_numpy()].groupby(owner.dropna().to_numpy()).sum()

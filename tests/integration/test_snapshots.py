@@ -20,9 +20,11 @@ from monitor.metrics import (
     ACCOUNT_COLUMNS,
     DEFAULT_TOUCHES,
     METRICS,
+    PIPELINE_COLUMNS,
     UNLOCATED,
     account_opportunities,
     territory_metrics,
+    territory_pipeline,
 )
 
 pytestmark = pytest.mark.integration
@@ -133,6 +135,25 @@ def test_sql_aggregates_agree_with_the_pure_definitions(db: Engine) -> None:
     assert got.loc["B", "won_12m"] == 30.0  # o5 is more than 365 days old
     assert np.isnan(got.loc["B", "quota_attainment"])
     assert got.loc["A", UNLOCATED] == 1
+
+
+def test_pipeline_goes_with_the_account_to_its_owner_at_d(db: Engine) -> None:
+    with db.begin() as conn:
+        seed(conn)
+        opportunities = pd.read_sql("SELECT * FROM opportunities", conn)
+    day = dt.date(2026, 1, 14)
+    with db.connect() as conn:
+        loaded = load_inputs(conn, day, by_id=True)
+    owner_of = pd.Series(
+        loaded.accounts["owner_id"].astype(object).to_numpy(), index=["a1", "a2", "b1", "b2", "n1"]
+    )
+    expected = territory_pipeline(opportunities, owner_of, day).reindex(loaded.owners.index, fill_value=0.0)
+    got = loaded.sums[list(PIPELINE_COLUMNS)]
+    pd.testing.assert_frame_equal(got, expected, check_dtype=False, check_names=False)
+    assert got.loc["B", "open_amount"] == 1400.0  # a1 was Bo's on D, and its deals with it
+    assert got.loc["B", "won_amount"] == 40.0
+    assert got.loc["C", "won_amount"] == 30.0  # Cy held b2 when its deal was won
+    assert got.loc["A", "weighted_amount"] == 600.0  # o3 closes after D: open at D, probability 1
 
 
 def stored(conn: Connection, snapshot_id: int) -> pd.DataFrame:
@@ -330,14 +351,15 @@ def test_month_starts() -> None:
 
 
 def test_column_blobs_are_read_as_arrays() -> None:
-    ints = np.array([3, -1], dtype=">i4").tobytes()
-    cents = np.array([12345, 0], dtype=">i8").tobytes()
-    floats = np.array([1.5, np.nan], dtype=">f8").tobytes()
-    kinds = {">i4": ints, ">i8": cents, ">f8": floats}
-    got = column_arrays([kinds[kind] for _, kind in _FIELDS])
-    assert got["owner_code"].tolist() == [3, -1]
-    assert got["arr"].tolist() == [12345.0, 0.0]
-    assert np.isnan(got["lon"][1])
-    assert all(len(v) == 0 for v in column_arrays([None] * len(_FIELDS)).values())
+    lats = [np.array([1.5], dtype=">f8").tobytes(), np.array([np.nan, -2.0], dtype=">f8").tobytes()]
+    lons = [np.array([3.0, 4.0, 5.0], dtype=">f8").tobytes()]
+    ranks = [np.array([2, 0, 1], dtype=">i8").tobytes()]
+    got = column_arrays([lats, lons, ranks])
+    assert [name for name, _ in _FIELDS] == ["lat", "lon", "position"]
+    assert got["lat"][0] == 1.5
+    assert np.isnan(got["lat"][1])
+    assert got["lon"].tolist() == [3.0, 4.0, 5.0]
+    assert got["position"].tolist() == [2, 0, 1]
+    assert all(len(v) == 0 for v in column_arrays([[None], [None]]).values())
     with pytest.raises(ValueError, match="different lengths"):
-        column_arrays([kinds[kind] if name != "arr" else cents[:8] for name, kind in _FIELDS])
+        column_arrays([lats, [*lons[:1], b""], [ranks[0][:8]]])

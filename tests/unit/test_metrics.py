@@ -15,10 +15,14 @@ from monitor.metrics import (
     ACCOUNT_COLUMNS,
     DEFAULT_TOUCHES,
     METRICS,
+    PIPELINE_COLUMNS,
+    TERRITORY_SUMS,
     UNLOCATED,
     account_opportunities,
     haversine_km,
     territory_metrics,
+    territory_pipeline,
+    territory_sums,
 )
 
 D = dt.date(2026, 6, 30)
@@ -154,6 +158,40 @@ def test_every_metric_on_a_tiny_org() -> None:
     assert c["utilization"] == 0.0
     assert math.isnan(c["travel_km"])
     assert math.isnan(c["top_account_share"])  # no ARR to share
+
+
+def test_territory_sums_and_pipeline_on_a_tiny_org() -> None:
+    owners, accounts, opportunities = tiny_org()
+    sums = territory_sums(owners.index, inputs(accounts, opportunities))
+    assert list(sums.columns) == list(TERRITORY_SUMS)
+    assert sums.loc["A", "arr"] == 400.0
+    assert sums.loc["A", "largest_arr"] == 300.0
+    assert sums.loc["C"].tolist() == [0.0] * len(TERRITORY_SUMS)  # an empty book
+    assert "X" not in sums.index  # the account of no territory is left out
+    pipeline = territory_pipeline(opportunities, accounts.set_index("id")["owner_id"], D)
+    assert list(pipeline.columns) == list(PIPELINE_COLUMNS)
+    assert pipeline.loc["A"].to_dict() == pytest.approx(
+        {
+            "open_amount": 1490.0,
+            "weighted_amount": 580.0,
+            "won_amount": 850.0,
+            "won_count": 2,
+            "closed_count": 3,
+        }
+    )
+    assert sorted(pipeline.index) == ["A", "B", "X"]  # by owner, whether or not a territory
+
+
+def test_sums_per_territory_give_the_same_metrics_as_per_account_rows() -> None:
+    owners, accounts, opportunities = tiny_org()
+    per_account = inputs(accounts, opportunities)
+    sums = territory_sums(owners.index, per_account)
+    sums[list(PIPELINE_COLUMNS)] = territory_pipeline(
+        opportunities, accounts.set_index("id")["owner_id"], D
+    ).reindex(owners.index, fill_value=0.0)
+    book = per_account[["owner_id", "tier", "lat", "lon"]]  # what Postgres hands over per account
+    got = territory_metrics(owners, book, DEFAULT_TOUCHES, sums=sums)
+    pd.testing.assert_frame_equal(got, territory_metrics(owners, per_account, DEFAULT_TOUCHES))
 
 
 def test_touches_per_tier_are_configurable() -> None:
