@@ -16,7 +16,8 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import asdict, dataclass, field
 from typing import Any, Final, Protocol, runtime_checkable
 
 import numpy as np
@@ -140,6 +141,16 @@ class _State:
     history_seeded: bool
     now: dt.datetime
     roster: pd.DataFrame | None
+    bulk: bool = False  # inside an empty-table bulk load: batches share the load's one transaction
+
+
+@dataclass
+class _Stripped:
+    """What an empty-table bulk load dropped and must put back before it commits."""
+
+    tables: list[str]
+    indexes: list[str] = field(default_factory=list)  # CREATE INDEX statements
+    foreign_keys: list[tuple[str, str, str]] = field(default_factory=list)  # table, name, definition
 
 
 def run_sync(
@@ -152,12 +163,14 @@ def run_sync(
     now: dt.datetime,
     lookback: dt.timedelta = DEFAULT_LOOKBACK,
     roster: pd.DataFrame | None = None,
+    bulk_load: bool = True,
 ) -> SyncSummary:
     """Sync ``objects`` of ``connector`` into the store; stops at the first object that fails or stops.
 
     Connector errors end that object's run (failed, or stopped on QuotaExhausted) with every committed
     batch kept; they are reported in the summary, not raised. Anything else is raised after the run
-    row is marked failed.
+    row is marked failed. ``bulk_load`` allows the empty-table path (docs/sync.md); tests turn it off
+    to compare it with the batch-by-batch one.
     """
     started = time.perf_counter()
     source = connector.source
@@ -182,7 +195,9 @@ def run_sync(
                     {"s": source},
                 )
             for obj in ordered:
-                summary = _sync_object(engine, connector, obj, full, progress, now, lookback, roster)
+                summary = _sync_object(
+                    engine, connector, obj, full, progress, now, lookback, roster, bulk_load
+                )
                 results.append(summary)
                 if summary.status != "succeeded":
                     break
@@ -201,6 +216,7 @@ def _sync_object(
     now: dt.datetime,
     lookback: dt.timedelta,
     roster: pd.DataFrame | None,
+    bulk_load: bool = True,
 ) -> ObjectSummary:
     """One object's run: its sync_runs row, its batches, its deletes sweep, its final status."""
     source = connector.source
@@ -226,10 +242,13 @@ def _sync_object(
     log.info("sync of an object started", extra={**extra, "since": since and since.to_json()})
     try:
         with engine.connect() as conn:
-            for batch in connector.read(obj, since, full=full):
-                _store_batch(conn, state, batch)
-                if progress is not None:
-                    progress(obj, summary.rows_read)
+            if bulk_load and obj is not CrmObject.owners and since is None:
+                _read_into_empty(conn, state, connector, full, progress)
+            else:
+                for batch in connector.read(obj, since, full=full):
+                    _store_batch(conn, state, batch)
+                    if progress is not None:
+                        progress(obj, summary.rows_read)
             if isinstance(connector, SnapshotSource):
                 with conn.begin():
                     _relaxed_commit(conn)
@@ -310,10 +329,15 @@ def _store_batch(conn: Connection, state: _State, batch: Batch) -> None:
     if obj is CrmObject.owners and state.roster is not None:
         frame = apply_roster(frame, state.roster)
     checked = check_records(obj, frame)
+    # Rows to COPY text is conversion, like the checks: it happens before the database phase is timed.
+    columns = [*CANONICAL_COLUMNS[obj], POSITION]
+    staged = _csv_bytes(checked.clean[columns]) if not checked.clean.empty else b""
     t0 = time.perf_counter()
-    with conn.begin():
-        _relaxed_commit(conn)
-        upserted, skipped, late_rejects = _upsert(conn, state, checked)
+    transaction: AbstractContextManager[Any] = nullcontext() if state.bulk else conn.begin()
+    with transaction:
+        if not state.bulk:
+            _relaxed_commit(conn)
+        upserted, skipped, late_rejects = _upsert(conn, state, checked, staged)
         rejected = [
             (rid, reason, pos) for pos, rid, reason in checked.rejected.itertuples(index=False, name=None)
         ]
@@ -351,6 +375,8 @@ def _store_batch(conn: Connection, state: _State, batch: Batch) -> None:
             ),
             {"r": read, "u": upserted, "d": deleted, "q": quarantined, "id": state.run_id},
         )
+        if state.bulk:  # no commit drops them between the batches of one bulk load
+            conn.execute(text("DROP TABLE IF EXISTS stage, owner_change"))
     # Only once committed does the batch count.
     if new_cursor is not None:
         state.saved = new_cursor
@@ -360,6 +386,121 @@ def _store_batch(conn: Connection, state: _State, batch: Batch) -> None:
     summary.rows_quarantined += quarantined
     summary.rows_skipped += skipped
     summary.rows_deleted += deleted
+
+
+# --- the empty-table bulk load --------------------------------------------------------------------
+
+
+def _read_into_empty(
+    conn: Connection, state: _State, connector: Connector, full: bool, progress: ProgressFn | None
+) -> None:
+    """A first read into an empty table, as one transaction without the per-row index and FK costs.
+
+    The table's non-unique indexes and foreign keys (and those of ``assignment_history`` for accounts)
+    are dropped, every batch goes through the usual :func:`_store_batch` steps, then the indexes are
+    rebuilt (one sort each) and the foreign keys re-added (one validating join each) before the commit.
+    A crash rolls everything back to the empty table; a connector error keeps what was read, like the
+    batch-by-batch path. A table that holds rows takes the batch-by-batch path.
+    """
+    obj, summary = state.obj, state.summary
+    tables = [_TABLES[obj], *(["assignment_history"] if obj is CrmObject.accounts else [])]
+    t0 = time.perf_counter()
+    trans = conn.begin()
+    committed = False
+    try:
+        _relaxed_commit(conn)
+        stripped = _strip(conn, tables) if _is_empty(conn, tables[0]) else None
+        # Re-checked under the ACCESS EXCLUSIVE lock the drops took: another source may have written.
+        if stripped is None or not _is_empty(conn, tables[0]):
+            trans.rollback()
+            summary.db_seconds += time.perf_counter() - t0
+            for batch in connector.read(obj, None, full=full):
+                _store_batch(conn, state, batch)
+                if progress is not None:
+                    progress(obj, summary.rows_read)
+            return
+        log.info(
+            "bulk load into an empty table",
+            extra={"sync_run_id": state.run_id, "source": state.source, "tables": tables},
+        )
+        summary.db_seconds += time.perf_counter() - t0
+        state.bulk = True
+        try:
+            for batch in connector.read(obj, None, full=full):
+                _store_batch(conn, state, batch)
+                if progress is not None:
+                    progress(obj, summary.rows_read)
+        except ConnectorError:
+            _restore(conn, state, stripped)
+            trans.commit()
+            committed = True
+            raise
+        _restore(conn, state, stripped)
+        trans.commit()
+        committed = True
+    except BaseException:
+        if not committed:
+            if trans.is_active:
+                trans.rollback()
+            # Nothing of the load is stored: the counts must not say otherwise.
+            summary.rows_read = summary.rows_upserted = summary.rows_quarantined = 0
+            summary.rows_skipped = summary.rows_deleted = 0
+        raise
+    finally:
+        state.bulk = False
+
+
+def _is_empty(conn: Connection, table: str) -> bool:
+    """Whether ``table`` (a fixed name) holds no row at all, deleted ones included."""
+    sql = f"SELECT NOT EXISTS (SELECT 1 FROM {table})"  # noqa: S608 - a fixed name
+    return bool(conn.execute(text(sql)).scalar_one())
+
+
+def _strip(conn: Connection, tables: Sequence[str]) -> _Stripped:
+    """Drop the non-unique indexes and outgoing foreign keys of ``tables``, remembering how to recreate
+    them. Primary keys, unique indexes, NOT NULL and CHECK constraints stay: they still judge every row."""
+    stripped = _Stripped(list(tables))
+    rels = {"t": list(tables)}
+    stripped.foreign_keys = [
+        (str(t), str(n), str(d))
+        for t, n, d in conn.execute(
+            text(
+                "SELECT conrelid::regclass::text, quote_ident(conname), pg_get_constraintdef(oid) "
+                "FROM pg_constraint WHERE contype = 'f' "
+                "AND conrelid IN (SELECT CAST(unnest(CAST(:t AS text[])) AS regclass)) ORDER BY conname"
+            ),
+            rels,
+        ).all()
+    ]
+    indexes = conn.execute(
+        text(
+            "SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid) FROM pg_index "
+            "WHERE NOT indisunique AND NOT indisprimary "
+            "AND indrelid IN (SELECT CAST(unnest(CAST(:t AS text[])) AS regclass)) ORDER BY 1"
+        ),
+        rels,
+    ).all()
+    stripped.indexes = [str(d) for _, d in indexes]
+    for table, name, _ in stripped.foreign_keys:
+        conn.execute(text(f"ALTER TABLE {table} DROP CONSTRAINT {name}"))
+    for name, _ in indexes:
+        conn.execute(text(f"DROP INDEX {name}"))
+    return stripped
+
+
+def _restore(conn: Connection, state: _State, stripped: _Stripped) -> None:
+    """Recreate what :func:`_strip` dropped, in the load's transaction, and refresh the statistics."""
+    t0 = time.perf_counter()
+    for ddl in stripped.indexes:
+        conn.execute(text(ddl))
+    for table, name, definition in stripped.foreign_keys:
+        conn.execute(text(f"ALTER TABLE {table} ADD CONSTRAINT {name} {definition}"))
+    # The next objects' checks join against accounts and the history: plan them on real statistics.
+    # Opportunities are left to autovacuum (CREATE INDEX already set their size), sparing a full scan.
+    for table in stripped.tables:
+        if table != "opportunities":
+            conn.execute(text(f"ANALYZE {table}"))
+    state.summary.db_seconds += time.perf_counter() - t0
 
 
 def _csv_bytes(frame: pd.DataFrame) -> bytes:
@@ -392,7 +533,9 @@ _escape = np.frompyfunc(lambda v: v.replace('"', '""'), 1, 1)
 _STAGE_DDL: Final = "CREATE TEMP TABLE stage (LIKE {table} INCLUDING DEFAULTS, _pos integer) ON COMMIT DROP"
 
 
-def _upsert(conn: Connection, state: _State, checked: Checked) -> tuple[int, int, list[tuple[Any, str, int]]]:
+def _upsert(
+    conn: Connection, state: _State, checked: Checked, staged_csv: bytes
+) -> tuple[int, int, list[tuple[Any, str, int]]]:
     """Stage the clean rows, reject bad references, record owner changes, upsert.
 
     Returns (rows upserted, rows skipped as older than the stored copy, late rejections as
@@ -404,7 +547,7 @@ def _upsert(conn: Connection, state: _State, checked: Checked) -> tuple[int, int
     if checked.clean.empty:
         return 0, 0, []
     conn.execute(text(_STAGE_DDL.format(table=table)))
-    copy_csv(conn, "stage", [*columns, POSITION], [_csv_bytes(checked.clean[[*columns, POSITION]])])
+    copy_csv(conn, "stage", [*columns, POSITION], [staged_csv])
     rejects: list[tuple[Any, str, int]] = []
     if obj is not CrmObject.owners:
         rows = conn.execute(

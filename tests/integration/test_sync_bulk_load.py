@@ -1,0 +1,194 @@
+"""The empty-table bulk load: the same rows, quarantine and history as batch by batch; a crash undoes it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import Engine
+
+from connectors.base import CrmObject
+from connectors.csv_files import CsvConnector
+from connectors.errors import RetriableError
+from connectors.sandbox.generator import generate_org, write_csv
+from connectors.sync import run_sync
+from store.db import truncate_all
+from tests.integration.test_csv_connector import NOW, account, opportunity, owner, rows
+from tests.integration.test_sync_engine import ScriptedConnector, _batch
+
+pytestmark = pytest.mark.integration
+
+_SCHEMA_SQL = (
+    "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) FROM pg_constraint "
+    "WHERE conrelid::regclass::text IN ('accounts', 'opportunities', 'assignment_history') "
+    "UNION ALL SELECT tablename, indexname, indexdef FROM pg_indexes "
+    "WHERE tablename IN ('accounts', 'opportunities', 'assignment_history') ORDER BY 1, 2, 3"
+)
+
+
+def _stored(db: Engine) -> dict[str, list[tuple[Any, ...]]]:
+    """Everything a sync writes, without the columns that depend on the clock or on sequences."""
+    return {
+        "owners": rows(db, "SELECT id, name, email, active, capacity, modified_at FROM owners ORDER BY id"),
+        "accounts": rows(
+            db, "SELECT id, name, owner_id, tier, arr, modified_at, deleted FROM accounts ORDER BY id"
+        ),
+        "opportunities": rows(
+            db,
+            "SELECT id, account_id, owner_id, amount, probability, close_date, is_won, modified_at, "
+            "deleted FROM opportunities ORDER BY id",
+        ),
+        "history": rows(
+            db,
+            "SELECT account_id, owner_id, start_date, end_date, source FROM assignment_history "
+            "ORDER BY account_id, start_date, end_date NULLS LAST",
+        ),
+        "quarantine": rows(
+            db,
+            "SELECT object, record_id, reason, raw, resolved_at IS NULL FROM quarantine "
+            "ORDER BY object, record_id, reason",
+        ),
+        "state": rows(db, "SELECT object, watermark FROM sync_state ORDER BY object"),
+        "runs": rows(
+            db,
+            "SELECT object, status, rows_read, rows_upserted, rows_deleted, rows_quarantined "
+            "FROM sync_runs ORDER BY id",
+        ),
+    }
+
+
+def _both_ways(db: Engine, make: Any) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Run ``make()``'s connector batch by batch, then into the emptied store by bulk load."""
+    normal = run_sync(db, make(), full=True, now=NOW, bulk_load=False)
+    before = _stored(db)
+    with db.begin() as conn:
+        truncate_all(conn)
+    bulk = run_sync(db, make(), full=True, now=NOW, bulk_load=True)
+    assert normal.status == bulk.status == "succeeded"
+    assert [o.rows_skipped for o in normal.objects] == [o.rows_skipped for o in bulk.objects]
+    return before, _stored(db)
+
+
+def _scripted() -> ScriptedConnector:
+    at = "2026-10-03T00:00:00+00:00"
+    return ScriptedConnector(
+        {
+            CrmObject.owners: [_batch(owner(1), owner(2), at=at)],
+            CrmObject.accounts: [
+                _batch(
+                    account(1),
+                    account(2, owner_id="005O2"),
+                    account(3, owner_id="005NOBODY"),
+                    account(4, owner_id=""),
+                    account(5, tier="enterprise"),
+                    at=at,
+                ),
+                # Account 2 again, newer and moved to owner 1 (history closes and reopens); 6 is deleted.
+                _batch(
+                    account(2, modified_at="2026-10-02T00:00:00Z"),
+                    account(6),
+                    at=at,
+                    deleted=["001A6"],
+                ),
+                # An older copy of account 1 in a later batch: skipped, never overwrites.
+                _batch(account(1, arr="5.00", modified_at="2026-09-01T00:00:00Z"), at=at),
+            ],
+            CrmObject.opportunities: [
+                _batch(
+                    opportunity(1),
+                    opportunity(2, account_id="001NOWHERE"),
+                    opportunity(3, owner_id="005NOBODY", account_id="001NOWHERE"),
+                    opportunity(4, amount="-1"),
+                    at=at,
+                ),
+                _batch(opportunity(1, amount="750.00", modified_at="2026-10-02T00:00:00Z"), at=at),
+            ],
+        }
+    )
+
+
+def test_bulk_load_stores_what_the_batch_path_stores(db: Engine) -> None:
+    normal, bulk = _both_ways(db, _scripted)
+    assert bulk == normal
+    assert ("001A2", "005O2", "2026-10-01", "2026-10-02", "sync") in [
+        (a, o, str(s), str(e), src) for a, o, s, e, src in bulk["history"]
+    ]
+    assert [r[:3] for r in bulk["quarantine"]] == [
+        ("accounts", "001A3", "unknown owner: 005NOBODY"),
+        ("accounts", "001A5", "tier outside strategic|growth|core: enterprise"),
+        ("opportunities", "006P2", "unknown account: 001NOWHERE"),
+        ("opportunities", "006P3", "unknown owner: 005NOBODY"),
+        ("opportunities", "006P4", "negative amount"),
+    ]
+
+
+def test_bulk_load_of_a_generated_export_matches_the_batch_path(db: Engine, tmp_path: Path) -> None:
+    org = generate_org(accounts=400, reps=8, seed=11, now=NOW)
+    write_csv(org, tmp_path)
+    normal, bulk = _both_ways(db, lambda: CsvConnector(tmp_path, chunk_rows=150))
+    assert bulk == normal
+    assert len(bulk["accounts"]) == len(org.accounts)
+    assert len(bulk["history"]) >= len(org.accounts) - 1
+
+
+def test_bulk_load_puts_back_every_index_and_foreign_key(db: Engine) -> None:
+    schema = rows(db, _SCHEMA_SQL)
+    assert any("FOREIGN KEY (account_id)" in d for _, _, d in schema)
+    run_sync(db, _scripted(), full=True, now=NOW)
+    assert rows(db, _SCHEMA_SQL) == schema
+
+
+class _Crash(Exception):
+    """Not a connector error: the process dies (as with SIGKILL, the transaction is not committed)."""
+
+
+def test_a_crash_during_the_bulk_load_leaves_the_previous_state(db: Engine) -> None:
+    schema = rows(db, _SCHEMA_SQL)
+    at = "2026-10-03T00:00:00+00:00"
+    connector = ScriptedConnector(
+        {
+            CrmObject.owners: [_batch(owner(1), at=at)],
+            CrmObject.accounts: [_batch(account(1), account(2), at=at), _batch(account(3), at=at), _Crash()],
+        }
+    )
+    with pytest.raises(_Crash):
+        run_sync(db, connector, full=True, now=NOW)
+    assert rows(db, "SELECT count(*) FROM accounts") == [(0,)]
+    assert rows(db, "SELECT count(*) FROM assignment_history") == [(0,)]
+    assert rows(db, "SELECT object FROM sync_state WHERE watermark IS NOT NULL") == [("owners",)]
+    assert rows(db, "SELECT object, status, rows_read FROM sync_runs ORDER BY id") == [
+        ("owners", "succeeded", 1),
+        ("accounts", "failed", 0),
+    ]
+    assert rows(db, _SCHEMA_SQL) == schema
+
+
+def test_a_connector_error_during_the_bulk_load_keeps_what_was_read(db: Engine) -> None:
+    schema = rows(db, _SCHEMA_SQL)
+    at = "2026-10-03T00:00:00+00:00"
+    connector = ScriptedConnector(
+        {
+            CrmObject.owners: [_batch(owner(1), at=at)],
+            CrmObject.accounts: [_batch(account(1), account(2), at=at), RetriableError("503")],
+        }
+    )
+    summary = run_sync(db, connector, full=True, now=NOW)
+    assert summary.status == "failed"
+    assert rows(db, "SELECT id FROM accounts ORDER BY id") == [("001A1",), ("001A2",)]
+    assert rows(db, "SELECT account_id FROM assignment_history ORDER BY 1") == [("001A1",), ("001A2",)]
+    assert rows(db, "SELECT watermark->>'last_id' FROM sync_state WHERE object = 'accounts'") == [("001A2",)]
+    assert rows(db, _SCHEMA_SQL) == schema
+
+
+def test_a_table_with_rows_takes_the_batch_path(db: Engine, caplog: pytest.LogCaptureFixture) -> None:
+    at = "2026-10-03T00:00:00+00:00"
+    run_sync(db, _scripted(), full=True, now=NOW)
+    caplog.set_level("INFO", logger="connectors.sync")
+    again = ScriptedConnector(
+        {CrmObject.accounts: [_batch(account(1, arr="2.00", modified_at="2026-10-04T00:00:00Z"), at=at)]}
+    )
+    summary = run_sync(db, again, objects=[CrmObject.accounts], full=True, now=NOW)
+    assert summary.objects[0].rows_upserted == 1
+    assert not [r for r in caplog.records if r.getMessage() == "bulk load into an empty table"]
+    assert rows(db, "SELECT arr FROM accounts WHERE id = '001A1'")[0][0] == 2
