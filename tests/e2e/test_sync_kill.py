@@ -39,7 +39,7 @@ def _env(url: URL) -> dict[str, str]:
     base = {k: v for k, v in os.environ.items() if not k.startswith("TERRITORY_")}
     return base | {
         "TERRITORY_DATABASE_URL": url_text(url),
-        "TERRITORY_SYNC__BATCH_SIZE": "30",
+        "TERRITORY_SYNC__BATCH_SIZE": "10",
         "TERRITORY_LOGGING__LEVEL": "WARNING",
     }
 
@@ -53,27 +53,42 @@ def _sync(folder: Path, url: URL) -> subprocess.Popen[bytes]:
     )
 
 
-def _kill_mid_way(folder: Path, url: URL, rng: random.Random, runs_before: int) -> float:
-    """Start a sync, wait until it is storing rows, SIGKILL it after a random delay; returns the delay."""
+def _kill_mid_way(folder: Path, url: URL, rng: random.Random, runs_before: int) -> int:
+    """Start a sync and SIGKILL it after its n-th commit (n random in 1..3); returns n.
+
+    The kill point is counted in commits (batches, or whole objects on the empty-table bulk load),
+    not in time, so it lands mid-sync however fast the machine is. A sync that outruns the kill (its
+    last commit came before the n-th was seen) is started again with another n.
+    """
     engine = create_engine(url)
-    proc = _sync(folder, url)
     try:
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline and proc.poll() is None:
+        for _attempt in range(5):
+            commits = rng.randint(1, 3)
+            proc = _sync(folder, url)
+            try:
+                seen: set[int] = set()
+                deadline = time.monotonic() + 60
+                while time.monotonic() < deadline and proc.poll() is None and len(seen) < commits:
+                    with engine.connect() as conn:
+                        done = conn.execute(
+                            text("SELECT coalesce(sum(rows_read), 0) FROM sync_runs WHERE id > :n"),
+                            {"n": runs_before},
+                        ).scalar_one()
+                    if done:
+                        seen.add(int(done))
+                    time.sleep(0.002)
+                proc.send_signal(signal.SIGKILL)
+                if proc.wait(10) == -signal.SIGKILL:
+                    return commits
+            finally:
+                if proc.poll() is None:
+                    proc.kill()
+                    proc.wait(10)
             with engine.connect() as conn:
-                if conn.execute(text("SELECT count(*) FROM sync_runs")).scalar_one() > runs_before:
-                    break
-            time.sleep(0.02)
-        delay = rng.uniform(0.0, 1.5)
-        time.sleep(delay)
-        proc.send_signal(signal.SIGKILL)
-        assert proc.wait(10) == -signal.SIGKILL, "the sync ended before it could be killed"
+                runs_before = int(conn.execute(text("SELECT max(id) FROM sync_runs")).scalar_one())
+        raise AssertionError("five syncs in a row ended before they could be killed")
     finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait(10)
         engine.dispose()
-    return delay
 
 
 def _run_to_end(folder: Path, url: URL) -> None:
@@ -151,12 +166,12 @@ def test_killed_syncs_leave_postgres_equal_to_the_export_after_a_rerun(
     folder = tmp_path / "export"
     write_csv(generate_org(accounts=300, reps=8, seed=SEED % 1000, now=NOW), folder)
     runs = 0
-    delays: list[float] = []
+    kill_points: list[int] = []
     for round_ in range(2):
         if round_ == 1:
             _change_export(folder, np.random.default_rng(SEED))
         for _ in range(KILLS_PER_ROUND):
-            delays.append(_kill_mid_way(folder, url, rng, runs))
+            kill_points.append(_kill_mid_way(folder, url, rng, runs))
             engine = create_engine(url)
             with engine.connect() as conn:
                 runs = int(conn.execute(text("SELECT count(*) FROM sync_runs")).scalar_one())
@@ -168,7 +183,7 @@ def test_killed_syncs_leave_postgres_equal_to_the_export_after_a_rerun(
             runs = int(conn.execute(text("SELECT count(*) FROM sync_runs")).scalar_one())
             statuses = {r[0] for r in conn.execute(text("SELECT DISTINCT status FROM sync_runs"))}
         engine.dispose()
-        assert statuses == {"succeeded", "interrupted"}, (SEED, delays)
+        assert statuses == {"succeeded", "interrupted"}, (SEED, kill_points)
 
 
 def test_a_broken_export_is_one_config_error_line(tmp_path: Path) -> None:
