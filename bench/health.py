@@ -123,7 +123,8 @@ def measure(engine: Engine, runs: int) -> list[dict[str, float]]:
     from monitor.balance import balance
     from monitor.drift import DEFAULT_RULES, apply_hysteresis, evaluate, outside_band
     from monitor.frames import load_inputs
-    from monitor.metrics import DEFAULT_TOUCHES, METRICS, territory_metrics
+    from monitor.metrics import DEFAULT_TOUCHES, territory_metrics
+    from monitor.names import METRICS
 
     results = []
     for _ in range(runs):

@@ -27,7 +27,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from monitor.balance import STATS, balance
 from monitor.drift import DEFAULT_RULES, Rule, RuleKind, evaluate, outside_band
-from monitor.metrics import METRICS
+from monitor.names import METRICS
 from store.models import MOVE_WRITEBACK_STATES, PROPOSAL_STATES, RUN_STATUSES
 
 log = logging.getLogger(__name__)

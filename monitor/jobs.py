@@ -19,7 +19,8 @@ from sqlalchemy import Connection, Engine
 from monitor.balance import STATS, balance
 from monitor.drift import Rule, apply_hysteresis, evaluate, lookback, outside_band
 from monitor.frames import load_inputs
-from monitor.metrics import METRICS, UNLOCATED, territory_metrics
+from monitor.metrics import UNLOCATED, territory_metrics
+from monitor.names import METRICS
 from monitor.snapshots import (
     EventChanges,
     delete_snapshots,

@@ -18,23 +18,6 @@ import pandas as pd
 
 FloatArray = npt.NDArray[np.float64]
 
-METRICS: Final = (
-    "accounts",
-    "strategic_accounts",
-    "arr",
-    "potential",
-    "open_pipeline",
-    "weighted_pipeline",
-    "won_12m",
-    "win_rate_12m",
-    "quota_attainment",
-    "workload",
-    "utilization",
-    "travel_km",
-    "top_account_share",
-)
-"""The metric names: columns of :func:`territory_metrics` and ``metric_snapshots.metric`` values."""
-
 UNLOCATED: Final = "unlocated_accounts"
 """Data-quality count stored next to the metrics: accounts left out of ``travel_km`` (no location)."""
 

@@ -17,10 +17,11 @@ from typing import Any, Literal
 
 import platformdirs
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from monitor.names import METRICS
 from service.errors import ConfigError
 
 if typing.TYPE_CHECKING:
@@ -127,32 +128,21 @@ class MetricsSettings(Section):
         return {k: float(v) for k, v in self.touches.model_dump().items()}
 
 
-# The names of monitor.metrics.METRICS (kept here so that settings load without pandas; a test checks).
-MetricName = Literal[
-    "accounts",
-    "strategic_accounts",
-    "arr",
-    "potential",
-    "open_pipeline",
-    "weighted_pipeline",
-    "won_12m",
-    "win_rate_12m",
-    "quota_attainment",
-    "workload",
-    "utilization",
-    "travel_km",
-    "top_account_share",
-]
-
-
 class RuleSettings(Section):
     """One drift rule: band (fraction around the org mean), max (a ceiling) or above_mean (a fraction)."""
 
     enabled: bool = True
-    metric: MetricName
+    metric: str = Field(description="one of monitor.names.METRICS")
     kind: Literal["band", "max", "above_mean"]
     threshold: float = Field(ge=0)
     consecutive: int = Field(1, ge=1, description="snapshots in breach before the rule fires")
+
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, value: str) -> str:
+        if value not in METRICS:
+            raise ValueError(f"unknown metric {value!r}; one of {', '.join(METRICS)}")
+        return value
 
 
 class NamedRuleSettings(RuleSettings):

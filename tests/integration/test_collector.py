@@ -18,7 +18,7 @@ from sqlalchemy import Engine, insert, text
 
 from monitor.collector import TerritoryCollector, date_seconds, register, worst_first
 from monitor.drift import DEFAULT_RULES
-from monitor.metrics import METRICS
+from monitor.names import METRICS
 from store.bulk import copy_frame
 from store.models import (
     Account,

@@ -19,13 +19,13 @@ from monitor.jobs import backfill, compute_health, month_starts, take_snapshot
 from monitor.metrics import (
     ACCOUNT_COLUMNS,
     DEFAULT_TOUCHES,
-    METRICS,
     PIPELINE_COLUMNS,
     UNLOCATED,
     account_opportunities,
     territory_metrics,
     territory_pipeline,
 )
+from monitor.names import METRICS
 
 pytestmark = pytest.mark.integration
 

@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import datetime as dt
-import typing
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from monitor.drift import DEFAULT_RULES, Rule, RuleKind, apply_hysteresis, evaluate, lookback, outside_band
-from monitor.metrics import METRICS
-from service.settings import MetricName, load_settings
+from monitor.names import METRICS
+from service.errors import ConfigError
+from service.settings import RuleSettings, load_settings
 
 BAND = Rule("arr_band", "arr", RuleKind.band, 0.20)
 
@@ -78,7 +79,7 @@ def test_defaults_match_the_issue() -> None:
     assert all(r.consecutive == 1 for r in DEFAULT_RULES)
 
 
-def test_settings_give_the_default_rules_and_extra_ones(tmp_path: typing.Any) -> None:
+def test_settings_give_the_default_rules_and_extra_ones(tmp_path: Path) -> None:
     assert tuple(load_settings().rules.drift_rules()) == DEFAULT_RULES
     config = tmp_path / "t.yaml"
     config.write_text(
@@ -93,8 +94,12 @@ def test_settings_give_the_default_rules_and_extra_ones(tmp_path: typing.Any) ->
     assert rules["pipe"] == Rule("pipe", "open_pipeline", RuleKind.band, 0.5, 2)
 
 
-def test_settings_metric_names_are_the_metrics() -> None:
-    assert typing.get_args(MetricName) == METRICS
+def test_a_rule_on_an_unknown_metric_names_the_key(tmp_path: Path) -> None:
+    config = tmp_path / "territory.yaml"
+    config.write_text("rules:\n  arr_band:\n    metric: revenue\n", encoding="utf-8")
+    with pytest.raises(ConfigError, match=r"rules\.arr_band\.metric: Value error, unknown metric 'revenue'"):
+        load_settings(config)
+    assert all(RuleSettings(metric=m, kind="max", threshold=1).metric == m for m in METRICS)
 
 
 def test_consecutive_must_be_positive() -> None:

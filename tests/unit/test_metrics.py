@@ -14,7 +14,6 @@ from hypothesis import strategies as st
 from monitor.metrics import (
     ACCOUNT_COLUMNS,
     DEFAULT_TOUCHES,
-    METRICS,
     PIPELINE_COLUMNS,
     TERRITORY_SUMS,
     UNLOCATED,
@@ -24,6 +23,7 @@ from monitor.metrics import (
     territory_pipeline,
     territory_sums,
 )
+from monitor.names import METRICS
 
 D = dt.date(2026, 6, 30)
 KM_PER_DEGREE = 6371.0 * math.pi / 180  # along the equator or a meridian
