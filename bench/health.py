@@ -65,9 +65,9 @@ def loaded_marker() -> str | None:
 
 def load(accounts: int, reps: int, seed: int) -> None:
     """(Re)create the benchmark database and load a generated org into it with COPY."""
-    from connectors.sandbox.generator import CSV_FILES, generate_org, iter_csv_chunks
+    from connectors.sandbox.generator import generate_org
+    from connectors.sandbox.seed import load_org
     from store import migrate
-    from store.bulk import copy_csv
 
     admin = create_engine(server_url(), isolation_level="AUTOCOMMIT")
     try:
@@ -83,22 +83,9 @@ def load(accounts: int, reps: int, seed: int) -> None:
         org = generate_org(accounts=accounts, reps=reps, seed=seed, now=NOW)
         print(f"generated the org in {time.perf_counter() - started:.1f} s", flush=True)
         started = time.perf_counter()
-        tables = (
-            ("owners", org.owners, "owners.csv"),
-            ("accounts", org.accounts, "accounts.csv"),
-            ("opportunities", org.opportunities, "opportunities.csv"),
-            ("assignment_history", org.assignments, "assignments.csv"),
-        )
-        with engine.begin() as conn:
-            for table, frame, name in tables:
-                columns = list(CSV_FILES[name])
-                chunks = iter_csv_chunks(frame, tuple(columns), header=False)
-                if table == "assignment_history":  # every generated tenure was imported
-                    chunks = (chunk.replace(b"\n", b",import\n") for chunk in chunks)
-                    columns.append("source")
-                copy_csv(conn, table, columns, chunks)
-                print(f"  {table}: {len(frame):,} rows", flush=True)
-        del org, tables
+        for table, rows in load_org(engine, org).items():
+            print(f"  {table}: {rows:,} rows", flush=True)
+        del org
         print(f"loaded with COPY in {time.perf_counter() - started:.1f} s", flush=True)
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             conn.execute(text("VACUUM ANALYZE"))
