@@ -22,6 +22,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 
 import numpy as np
 import pandas as pd
+import psycopg
 from sqlalchemy import Connection, Engine, bindparam, text
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
@@ -31,7 +32,7 @@ from connectors.base import CANONICAL_COLUMNS, Batch, Connector, CrmObject, Curs
 from connectors.errors import ConnectorError, QuotaExhausted
 from connectors.records import POSITION, Checked, check_records, records_frame
 from connectors.roster import apply_roster
-from store.bulk import copy_csv
+from store.bulk import copy_csv, read_column
 
 log = logging.getLogger(__name__)
 
@@ -45,6 +46,7 @@ _TABLES: Final = {
     CrmObject.opportunities: "opportunities",
 }
 _HISTORY_COLUMNS: Final = ("account_id", "owner_id", "start_date", "end_date")
+_FIRST_ASSIGNMENT: Final = ("account_id", "owner_id", "start_date", "source")
 
 
 class SyncBusyError(ConnectorError):
@@ -141,7 +143,33 @@ class _State:
     history_seeded: bool
     now: dt.datetime
     roster: pd.DataFrame | None
-    bulk: bool = False  # inside an empty-table bulk load: batches share the load's one transaction
+    bulk: _BulkLoad | None = None  # inside an empty-table bulk load: batches share its one transaction
+
+
+@dataclass
+class _BulkLoad:
+    """What an empty-table bulk load knows in memory so that new rows can be COPYed straight in.
+
+    ``owners`` and ``accounts`` are every stored id (inactive and deleted ones too, as the SQL checks
+    count them), read once at the start under the load's locks; ``loaded`` the ids this load has put
+    in the table, so that a later copy of one of them takes the upsert path instead.
+    """
+
+    owners: set[str]
+    accounts: set[str] | None  # opportunities only
+    loaded: set[str] = field(default_factory=set)
+    open_quarantine: bool = False  # some quarantine row of this source and object is unresolved
+
+
+@dataclass
+class _Direct:
+    """A batch's rows for the direct COPY: ids new to the load, references checked in memory."""
+
+    ids: list[str]
+    rows: bytes  # COPY text of the canonical columns
+    history: bytes  # COPY text of the accounts' first assignment rows (empty for other objects)
+    rejected: list[tuple[Any, str, int]]  # unknown owner or account: (record id, reason, position)
+    referenced: Checked  # every clean row whose references are known, for the fallback to the upsert
 
 
 @dataclass
@@ -329,21 +357,34 @@ def _store_batch(conn: Connection, state: _State, batch: Batch) -> None:
     if obj is CrmObject.owners and state.roster is not None:
         frame = apply_roster(frame, state.roster)
     checked = check_records(obj, frame)
-    # Rows to COPY text is conversion, like the checks: it happens before the database phase is timed.
+    rejected = [
+        (rid, reason, pos) for pos, rid, reason in checked.rejected.itertuples(index=False, name=None)
+    ]
+    # In-memory checks and rows to COPY text are conversion, like the checks: they happen before the
+    # database phase is timed.
+    direct = None
+    if state.bulk is not None:
+        direct, checked = _split_direct(state, state.bulk, checked)
+        rejected += direct.rejected
     columns = [*CANONICAL_COLUMNS[obj], POSITION]
     staged = _csv_bytes(checked.clean[columns]) if not checked.clean.empty else b""
     t0 = time.perf_counter()
-    transaction: AbstractContextManager[Any] = nullcontext() if state.bulk else conn.begin()
+    transaction: AbstractContextManager[Any] = nullcontext() if state.bulk is not None else conn.begin()
     with transaction:
-        if not state.bulk:
+        if state.bulk is None:
             _relaxed_commit(conn)
+        copied = 0
+        if state.bulk is not None and direct is not None and direct.ids:
+            copied = _copy_direct(conn, state, state.bulk, direct)
+            if not copied:  # the database refused the COPY: every row takes the upsert path after all
+                checked = direct.referenced
+                staged = _csv_bytes(checked.clean[columns])
+                state.bulk.loaded.update(direct.ids)
         upserted, skipped, late_rejects = _upsert(conn, state, checked, staged)
-        rejected = [
-            (rid, reason, pos) for pos, rid, reason in checked.rejected.itertuples(index=False, name=None)
-        ]
+        upserted += copied
         rejected += late_rejects
         _quarantine(conn, state, batch, rejected)
-        if upserted or skipped:
+        if not checked.clean.empty:  # the upsert's stage exists
             conn.execute(
                 text(
                     "UPDATE quarantine q SET resolved_at = now() FROM stage s WHERE q.source = :s "
@@ -375,7 +416,7 @@ def _store_batch(conn: Connection, state: _State, batch: Batch) -> None:
             ),
             {"r": read, "u": upserted, "d": deleted, "q": quarantined, "id": state.run_id},
         )
-        if state.bulk:  # no commit drops them between the batches of one bulk load
+        if state.bulk is not None and not checked.clean.empty:  # no commit drops them in a bulk load
             conn.execute(text("DROP TABLE IF EXISTS stage, owner_change"))
     # Only once committed does the batch count.
     if new_cursor is not None:
@@ -396,9 +437,11 @@ def _read_into_empty(
 ) -> None:
     """A first read into an empty table, as one transaction without the per-row index and FK costs.
 
-    The table's non-unique indexes and foreign keys (and those of ``assignment_history`` for accounts)
-    are dropped, every batch goes through the usual :func:`_store_batch` steps, then the indexes are
-    rebuilt (one sort each) and the foreign keys re-added (one validating join each) before the commit.
+    The table's secondary indexes and foreign keys (and those of ``assignment_history`` for accounts)
+    are dropped; every batch goes through :func:`_store_batch`, whose rows new to the load are COPYed
+    straight into the table with their references checked in memory (:func:`_split_direct`); then the
+    indexes are rebuilt (one sort each) and the foreign keys re-added (one validating join each) before
+    the commit.
     A crash rolls everything back to the empty table; a connector error keeps what was read, like the
     batch-by-batch path. A table that holds rows takes the batch-by-batch path.
     """
@@ -423,8 +466,8 @@ def _read_into_empty(
             "bulk load into an empty table",
             extra={"sync_run_id": state.run_id, "source": state.source, "tables": tables},
         )
+        state.bulk = _bulk_load(conn, state)
         summary.db_seconds += time.perf_counter() - t0
-        state.bulk = True
         try:
             for batch in connector.read(obj, None, full=full):
                 _store_batch(conn, state, batch)
@@ -447,7 +490,24 @@ def _read_into_empty(
             summary.rows_skipped = summary.rows_deleted = 0
         raise
     finally:
-        state.bulk = False
+        state.bulk = None
+
+
+def _bulk_load(conn: Connection, state: _State) -> _BulkLoad:
+    """The in-memory side of a bulk load: the ids its rows may reference, read under its locks."""
+
+    open_quarantine = conn.execute(
+        text(
+            "SELECT EXISTS (SELECT 1 FROM quarantine WHERE source = :s AND object = :o "
+            "AND resolved_at IS NULL)"
+        ),
+        {"s": state.source, "o": state.obj.value},
+    ).scalar_one()
+    return _BulkLoad(
+        owners=set(read_column(conn, "owners", "id")),
+        accounts=set(read_column(conn, "accounts", "id")) if state.obj is CrmObject.opportunities else None,
+        open_quarantine=bool(open_quarantine),
+    )
 
 
 def _is_empty(conn: Connection, table: str) -> bool:
@@ -457,8 +517,9 @@ def _is_empty(conn: Connection, table: str) -> bool:
 
 
 def _strip(conn: Connection, tables: Sequence[str]) -> _Stripped:
-    """Drop the non-unique indexes and outgoing foreign keys of ``tables``, remembering how to recreate
-    them. Primary keys, unique indexes, NOT NULL and CHECK constraints stay: they still judge every row."""
+    """Drop every index but the primary key, and the outgoing foreign keys, of ``tables``, remembering
+    how to recreate them. Primary keys, NOT NULL and CHECK constraints stay and judge every row; a unique
+    index (the history's one current row per account) judges them all when it is rebuilt."""
     stripped = _Stripped(list(tables))
     rels = {"t": list(tables)}
     stripped.foreign_keys = [
@@ -474,8 +535,9 @@ def _strip(conn: Connection, tables: Sequence[str]) -> _Stripped:
     ]
     indexes = conn.execute(
         text(
-            "SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid) FROM pg_index "
-            "WHERE NOT indisunique AND NOT indisprimary "
+            "SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid) FROM pg_index i "
+            "WHERE NOT indisprimary AND NOT EXISTS (SELECT 1 FROM pg_constraint c "
+            "WHERE c.conindid = i.indexrelid AND c.conrelid = i.indrelid) "
             "AND indrelid IN (SELECT CAST(unnest(CAST(:t AS text[])) AS regclass)) ORDER BY 1"
         ),
         rels,
@@ -489,18 +551,90 @@ def _strip(conn: Connection, tables: Sequence[str]) -> _Stripped:
 
 
 def _restore(conn: Connection, state: _State, stripped: _Stripped) -> None:
-    """Recreate what :func:`_strip` dropped, in the load's transaction, and refresh the statistics."""
+    """Recreate what :func:`_strip` dropped, in the load's transaction. Statistics are autovacuum's:
+    it analyses a table once a tenth of it has changed, as it would after any large write."""
     t0 = time.perf_counter()
     for ddl in stripped.indexes:
         conn.execute(text(ddl))
     for table, name, definition in stripped.foreign_keys:
         conn.execute(text(f"ALTER TABLE {table} ADD CONSTRAINT {name} {definition}"))
-    # The next objects' checks join against accounts and the history: plan them on real statistics.
-    # Opportunities are left to autovacuum (CREATE INDEX already set their size), sparing a full scan.
-    for table in stripped.tables:
-        if table != "opportunities":
-            conn.execute(text(f"ANALYZE {table}"))
     state.summary.db_seconds += time.perf_counter() - t0
+
+
+def _split_direct(state: _State, bulk: _BulkLoad, checked: Checked) -> tuple[_Direct, Checked]:
+    """Check a bulk-loaded batch's references in memory and split off the ids new to the load.
+
+    Returns the direct part and what is left for the upsert (ids the load already stored: a record
+    modified while the CRM was paged through, a CSV that lists an id twice). The reasons and their
+    order are those of the SQL checks in :func:`_upsert`.
+    """
+    obj, clean = state.obj, checked.clean
+    rejected: list[tuple[Any, str, int]] = []
+    bad = np.zeros(len(clean), dtype=bool)
+    rids, positions = clean["id"].to_numpy(dtype=object), clean[POSITION].to_numpy(dtype=np.int64)
+    if obj is not CrmObject.owners:
+        owner = clean["owner_id"].to_numpy(dtype=object)
+        unknown = np.fromiter((o is not None and o not in bulk.owners for o in owner), bool, len(owner))
+        rejected += [
+            (rids[i], f"unknown owner: {owner[i]}", int(positions[i])) for i in np.flatnonzero(unknown)
+        ]
+        bad |= unknown
+    if bulk.accounts is not None:
+        account = clean["account_id"].to_numpy(dtype=object)
+        unknown = ~bad & np.fromiter((a not in bulk.accounts for a in account), bool, len(account))
+        rejected += [
+            (rids[i], f"unknown account: {account[i]}", int(positions[i])) for i in np.flatnonzero(unknown)
+        ]
+        bad |= unknown
+    rejected.sort(key=lambda r: r[2])
+    ok = clean[~bad].reset_index(drop=True)
+    referenced = Checked(ok, checked.rejected, checked.duplicates)
+    ids = ok["id"].tolist()
+    new = np.fromiter((i not in bulk.loaded for i in ids), bool, len(ids))
+    fresh = ok[new]
+    history = b""
+    if obj is CrmObject.accounts and not state.history_seeded:
+        owned = fresh[fresh["owner_id"].notna()]
+        # The first assignment starts on the account's modification day (UTC), as _upsert's does.
+        start = owned["modified_at"].str[:10].fillna(state.now.date().isoformat())
+        history = _csv_bytes(
+            pd.DataFrame(
+                {"account_id": owned["id"], "owner_id": owned["owner_id"], "start_date": start}
+            ).assign(source="sync")
+        )
+    direct = _Direct(
+        ids=fresh["id"].tolist(),
+        rows=_csv_bytes(fresh[list(CANONICAL_COLUMNS[obj])]),
+        history=history,
+        rejected=rejected,
+        referenced=referenced,
+    )
+    return direct, Checked(ok[~new].reset_index(drop=True), checked.rejected, checked.duplicates)
+
+
+def _copy_direct(conn: Connection, state: _State, bulk: _BulkLoad, direct: _Direct) -> int:
+    """COPY a batch's new rows (and accounts' first assignments) straight into the tables, in a
+    savepoint; returns the rows stored, or 0 when the database refused them (the caller then sends
+    them through the upsert, which finds the row at fault)."""
+    table = _TABLES[state.obj]
+    try:
+        with conn.begin_nested():
+            copy_csv(conn, table, CANONICAL_COLUMNS[state.obj], [direct.rows])
+            if direct.history:
+                copy_csv(conn, "assignment_history", _FIRST_ASSIGNMENT, [direct.history])
+    except (psycopg.IntegrityError, psycopg.DataError):  # COPY runs on the driver's own cursor
+        log.warning("a batch broke a constraint; storing it through the upsert", extra={"table": table})
+        return 0
+    bulk.loaded.update(direct.ids)
+    if bulk.open_quarantine:  # a clean copy of a quarantined record resolves its open row
+        conn.execute(
+            text(
+                "UPDATE quarantine SET resolved_at = now() WHERE source = :s AND object = :o "
+                "AND resolved_at IS NULL AND record_id = ANY(:ids)"
+            ),
+            {"s": state.source, "o": state.obj.value, "ids": direct.ids},
+        )
+    return len(direct.ids)
 
 
 def _csv_bytes(frame: pd.DataFrame) -> bytes:

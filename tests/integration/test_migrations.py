@@ -95,6 +95,31 @@ def test_models_and_migrations_agree(engine: Engine) -> None:
     assert diff == []
 
 
+def test_collations_agree(engine: Engine) -> None:
+    """Autogenerate does not compare collations: every column's must match the model's, and every CRM id
+    column (a referencing one too) is under "C" so that its joins can use the indexes."""
+    with engine.connect() as conn:
+        stored = {
+            (t, c): n
+            for t, c, n in conn.execute(
+                text(
+                    "SELECT table_name, column_name, collation_name FROM information_schema.columns "
+                    "WHERE table_schema = 'public' AND data_type = 'text'"
+                )
+            ).all()
+        }
+    modelled = {
+        (table.name, column.name): getattr(column.type, "collation", None)
+        for table in Base.metadata.sorted_tables
+        for column in table.columns
+        if (table.name, column.name) in stored
+    }
+    assert modelled == {key: stored[key] for key in modelled}
+    assert stored[("opportunities", "account_id")] == "C"
+    assert stored[("proposal_moves", "to_owner_id")] == "C"
+    assert stored[("accounts", "name")] is None
+
+
 def test_constraint_names_follow_the_convention(engine: Engine) -> None:
     inspector = inspect(engine)
     fks = inspector.get_foreign_keys("proposal_moves")

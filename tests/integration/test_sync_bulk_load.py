@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from connectors.base import CrmObject
 from connectors.csv_files import CsvConnector
@@ -193,3 +193,60 @@ def test_a_table_with_rows_takes_the_batch_path(db: Engine, caplog: pytest.LogCa
     assert summary.objects[0].rows_upserted == 1
     assert not [r for r in caplog.records if r.getMessage() == "bulk load into an empty table"]
     assert rows(db, "SELECT arr FROM accounts WHERE id = '001A1'")[0][0] == 2
+
+
+def test_a_row_the_database_refuses_during_a_bulk_load_is_quarantined_alone(db: Engine) -> None:
+    """The direct COPY of a batch fails on a constraint the checks do not know: that batch goes through
+    the upsert, which stores the rest; both paths end the same."""
+    with db.begin() as conn:
+        conn.execute(
+            text("ALTER TABLE accounts ADD CONSTRAINT ck_test_no_forbidden CHECK (name <> 'forbidden')")
+        )
+    try:
+        at = "2026-10-03T00:00:00+00:00"
+
+        def make() -> ScriptedConnector:
+            return ScriptedConnector(
+                {
+                    CrmObject.owners: [_batch(owner(1), at=at)],
+                    CrmObject.accounts: [
+                        _batch(account(1), account(2, name="forbidden"), account(3), at=at),
+                        _batch(account(4), account(1, arr="9.00", modified_at="2026-10-02T00:00:00Z"), at=at),
+                    ],
+                }
+            )
+
+        normal, bulk = _both_ways(db, make)
+        assert bulk == normal
+        assert [a[0] for a in bulk["accounts"]] == ["001A1", "001A3", "001A4"]
+        ((_, record_id, reason, _, still_open),) = bulk["quarantine"]
+        assert (record_id, still_open) == ("001A2", True)
+        assert reason.startswith("constraint:")
+        assert "ck_test_no_forbidden" in reason
+    finally:
+        with db.begin() as conn:
+            conn.execute(text("ALTER TABLE accounts DROP CONSTRAINT ck_test_no_forbidden"))
+
+
+def test_a_bulk_load_resolves_the_quarantine_of_the_records_it_stores(
+    db: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A first sync quarantines every account (its owner is unknown), so the table stays empty; the
+    next one, with the owner, is a bulk load again and closes those quarantine rows."""
+    at = "2026-10-03T00:00:00+00:00"
+    accounts = [_batch(account(1), account(2), at=at)]
+    run_sync(db, ScriptedConnector({CrmObject.accounts: accounts}), full=True, now=NOW)
+    assert rows(db, "SELECT record_id, resolved_at IS NULL FROM quarantine ORDER BY 1") == [
+        ("001A1", True),
+        ("001A2", True),
+    ]
+    caplog.set_level("INFO", logger="connectors.sync")
+    caplog.clear()
+    fixed = ScriptedConnector({CrmObject.owners: [_batch(owner(1), at=at)], CrmObject.accounts: accounts})
+    summary = run_sync(db, fixed, full=True, now=NOW)
+    assert [r for r in caplog.records if r.getMessage() == "bulk load into an empty table"]
+    assert summary.objects[1].rows_upserted == 2
+    assert rows(db, "SELECT record_id, resolved_at IS NULL FROM quarantine ORDER BY 1") == [
+        ("001A1", False),
+        ("001A2", False),
+    ]
