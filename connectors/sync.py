@@ -16,7 +16,6 @@ import logging
 import math
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from contextlib import AbstractContextManager, nullcontext
 from dataclasses import asdict, dataclass, field
 from typing import Any, Final, Protocol, runtime_checkable
 
@@ -32,7 +31,7 @@ from connectors.base import CANONICAL_COLUMNS, Batch, Connector, CrmObject, Curs
 from connectors.errors import ConnectorError, QuotaExhausted
 from connectors.records import POSITION, Checked, check_records, records_frame
 from connectors.roster import apply_roster
-from store.bulk import copy_csv, read_column
+from store.bulk import copy_csv
 
 log = logging.getLogger(__name__)
 
@@ -147,18 +146,38 @@ class _State:
 
 
 @dataclass
+class _Counts:
+    """What one batch (or one deferred part of a bulk load) did."""
+
+    read: int = 0
+    upserted: int = 0
+    skipped: int = 0
+    quarantined: int = 0
+    deleted: int = 0
+
+    def add_to(self, summary: ObjectSummary) -> None:
+        summary.rows_read += self.read
+        summary.rows_upserted += self.upserted
+        summary.rows_skipped += self.skipped
+        summary.rows_quarantined += self.quarantined
+        summary.rows_deleted += self.deleted
+
+
+@dataclass
 class _BulkLoad:
     """What an empty-table bulk load knows in memory so that new rows can be COPYed straight in.
 
     ``owners`` and ``accounts`` are every stored id (inactive and deleted ones too, as the SQL checks
     count them), read once at the start under the load's locks; ``loaded`` the ids this load has put
-    in the table, so that a later copy of one of them takes the upsert path instead.
+    in the table or deferred, so that a later copy of one of them is deferred too (in order).
     """
 
     owners: set[str]
     accounts: set[str] | None  # opportunities only
     loaded: set[str] = field(default_factory=set)
     open_quarantine: bool = False  # some quarantine row of this source and object is unresolved
+    batches: int = 0  # batches stored so far: the order of the deferred parts
+    deferring: bool = False  # the deferred tables exist
 
 
 @dataclass
@@ -169,7 +188,8 @@ class _Direct:
     rows: bytes  # COPY text of the canonical columns
     history: bytes  # COPY text of the accounts' first assignment rows (empty for other objects)
     rejected: list[tuple[Any, str, int]]  # unknown owner or account: (record id, reason, position)
-    referenced: Checked  # every clean row whose references are known, for the fallback to the upsert
+    referenced: pd.DataFrame  # every clean row whose references are known (new and repeated ids)
+    repeated: pd.DataFrame  # the clean rows of ids the load already holds
 
 
 @dataclass
@@ -177,6 +197,7 @@ class _Stripped:
     """What an empty-table bulk load dropped and must put back before it commits."""
 
     tables: list[str]
+    primary_keys: list[tuple[str, str, str]] = field(default_factory=list)  # table, name, definition
     indexes: list[str] = field(default_factory=list)  # CREATE INDEX statements
     foreign_keys: list[tuple[str, str, str]] = field(default_factory=list)  # table, name, definition
 
@@ -352,7 +373,7 @@ def _finish(engine: Engine, state: _State) -> None:
 
 def _store_batch(conn: Connection, state: _State, batch: Batch) -> None:
     """Everything one batch changes, in one transaction: rows, quarantine, deletes, history, cursor."""
-    obj, summary = state.obj, state.summary
+    obj = state.obj
     frame = records_frame(obj, batch.records)
     if obj is CrmObject.owners and state.roster is not None:
         frame = apply_roster(frame, state.roster)
@@ -360,73 +381,80 @@ def _store_batch(conn: Connection, state: _State, batch: Batch) -> None:
     rejected = [
         (rid, reason, pos) for pos, rid, reason in checked.rejected.itertuples(index=False, name=None)
     ]
-    # In-memory checks and rows to COPY text are conversion, like the checks: they happen before the
-    # database phase is timed.
-    direct = None
     if state.bulk is not None:
-        direct, checked = _split_direct(state, state.bulk, checked)
-        rejected += direct.rejected
-    columns = [*CANONICAL_COLUMNS[obj], POSITION]
-    staged = _csv_bytes(checked.clean[columns]) if not checked.clean.empty else b""
+        _store_bulk_batch(conn, state, state.bulk, batch, checked, rejected)
+        return
+    # Rows to COPY text is conversion, like the checks: it happens before the database phase is timed.
+    staged = (
+        _csv_bytes(checked.clean[[*CANONICAL_COLUMNS[obj], POSITION]]) if not checked.clean.empty else b""
+    )
     t0 = time.perf_counter()
-    transaction: AbstractContextManager[Any] = nullcontext() if state.bulk is not None else conn.begin()
-    with transaction:
-        if state.bulk is None:
-            _relaxed_commit(conn)
-        copied = 0
-        if state.bulk is not None and direct is not None and direct.ids:
-            copied = _copy_direct(conn, state, state.bulk, direct)
-            if not copied:  # the database refused the COPY: every row takes the upsert path after all
-                checked = direct.referenced
-                staged = _csv_bytes(checked.clean[columns])
-                state.bulk.loaded.update(direct.ids)
+    with conn.begin():
+        _relaxed_commit(conn)
         upserted, skipped, late_rejects = _upsert(conn, state, checked, staged)
-        upserted += copied
         rejected += late_rejects
-        _quarantine(conn, state, batch, rejected)
-        if not checked.clean.empty:  # the upsert's stage exists
-            conn.execute(
-                text(
-                    "UPDATE quarantine q SET resolved_at = now() FROM stage s WHERE q.source = :s "
-                    "AND q.object = :o AND q.resolved_at IS NULL AND q.record_id = s.id"
-                ),
-                {"s": state.source, "o": obj.value},
-            )
-        deleted = _delete(conn, obj, batch.deleted_ids)
-        if batch.cursor is not None and (state.saved is None or batch.cursor > state.saved):
-            new_cursor: Cursor | None = batch.cursor
-        else:
-            new_cursor = None
-        if new_cursor is not None:
-            conn.execute(
-                text(
-                    "INSERT INTO sync_state (source, object, watermark, last_run_at) "
-                    "VALUES (:s, :o, :w, now()) ON CONFLICT (source, object) "
-                    "DO UPDATE SET watermark = EXCLUDED.watermark, last_run_at = now()"
-                ).bindparams(bindparam("w", type_=JSONB)),
-                {"s": state.source, "o": obj.value, "w": new_cursor.to_json()},
-            )
-        read = len(batch.records)
-        quarantined = len(rejected)
-        skipped += checked.duplicates
-        conn.execute(
-            text(
-                "UPDATE sync_runs SET rows_read = rows_read + :r, rows_upserted = rows_upserted + :u, "
-                "rows_deleted = rows_deleted + :d, rows_quarantined = rows_quarantined + :q WHERE id = :id"
-            ),
-            {"r": read, "u": upserted, "d": deleted, "q": quarantined, "id": state.run_id},
+        _quarantine(conn, state, [(rid, why, _raw_json(batch, pos)) for rid, why, pos in rejected])
+        if upserted or skipped:
+            _resolve_staged(conn, state)
+        counts = _Counts(
+            read=len(batch.records),
+            upserted=upserted,
+            skipped=skipped + checked.duplicates,
+            quarantined=len(rejected),
+            deleted=_delete(conn, obj, batch.deleted_ids),
         )
-        if state.bulk is not None and not checked.clean.empty:  # no commit drops them in a bulk load
-            conn.execute(text("DROP TABLE IF EXISTS stage, owner_change"))
+        new_cursor = _close_batch(conn, state, batch, counts)
     # Only once committed does the batch count.
     if new_cursor is not None:
         state.saved = new_cursor
-    summary.db_seconds += time.perf_counter() - t0
-    summary.rows_read += read
-    summary.rows_upserted += upserted
-    summary.rows_quarantined += quarantined
-    summary.rows_skipped += skipped
-    summary.rows_deleted += deleted
+    state.summary.db_seconds += time.perf_counter() - t0
+    counts.add_to(state.summary)
+
+
+def _resolve_staged(conn: Connection, state: _State) -> None:
+    """Mark resolved the open quarantine rows of the ids in the stage, stored cleanly now."""
+    conn.execute(
+        text(
+            "UPDATE quarantine q SET resolved_at = now() FROM stage s WHERE q.source = :s "
+            "AND q.object = :o AND q.resolved_at IS NULL AND q.record_id = s.id"
+        ),
+        {"s": state.source, "o": state.obj.value},
+    )
+
+
+def _close_batch(conn: Connection, state: _State, batch: Batch, counts: _Counts) -> Cursor | None:
+    """Save the batch's cursor when it is ahead of the saved one, and add its counts to its run's row;
+    returns the cursor saved, if any (it counts as saved once the transaction commits)."""
+    new_cursor = batch.cursor if batch.cursor is not None else None
+    if new_cursor is not None and state.saved is not None and not new_cursor > state.saved:
+        new_cursor = None
+    if new_cursor is not None:
+        conn.execute(
+            text(
+                "INSERT INTO sync_state (source, object, watermark, last_run_at) "
+                "VALUES (:s, :o, :w, now()) ON CONFLICT (source, object) "
+                "DO UPDATE SET watermark = EXCLUDED.watermark, last_run_at = now()"
+            ).bindparams(bindparam("w", type_=JSONB)),
+            {"s": state.source, "o": state.obj.value, "w": new_cursor.to_json()},
+        )
+    _count_in_run(conn, state, counts)
+    return new_cursor
+
+
+def _count_in_run(conn: Connection, state: _State, counts: _Counts) -> None:
+    conn.execute(
+        text(
+            "UPDATE sync_runs SET rows_read = rows_read + :r, rows_upserted = rows_upserted + :u, "
+            "rows_deleted = rows_deleted + :d, rows_quarantined = rows_quarantined + :q WHERE id = :id"
+        ),
+        {
+            "r": counts.read,
+            "u": counts.upserted,
+            "d": counts.deleted,
+            "q": counts.quarantined,
+            "id": state.run_id,
+        },
+    )
 
 
 # --- the empty-table bulk load --------------------------------------------------------------------
@@ -437,13 +465,14 @@ def _read_into_empty(
 ) -> None:
     """A first read into an empty table, as one transaction without the per-row index and FK costs.
 
-    The table's secondary indexes and foreign keys (and those of ``assignment_history`` for accounts)
-    are dropped; every batch goes through :func:`_store_batch`, whose rows new to the load are COPYed
-    straight into the table with their references checked in memory (:func:`_split_direct`); then the
-    indexes are rebuilt (one sort each) and the foreign keys re-added (one validating join each) before
-    the commit.
-    A crash rolls everything back to the empty table; a connector error keeps what was read, like the
-    batch-by-batch path. A table that holds rows takes the batch-by-batch path.
+    The table's indexes (its primary key too) and foreign keys, incoming and outgoing (and those of
+    ``assignment_history`` for accounts), are dropped. Each batch's ids new to the load are COPYed
+    straight into the table, their references checked in memory (:func:`_store_bulk_batch`); a later
+    copy of an id already loaded waits in a deferred table. Then the keys and indexes are rebuilt (one
+    sort each), the foreign keys re-added (one validating join each), the deferred copies applied
+    through the usual upsert, in their order, and the load commits. A crash rolls everything back to
+    the empty table; a connector error keeps what was read, like the batch-by-batch path. A table that
+    holds rows takes the batch-by-batch path.
     """
     obj, summary = state.obj, state.summary
     tables = [_TABLES[obj], *(["assignment_history"] if obj is CrmObject.accounts else [])]
@@ -466,7 +495,7 @@ def _read_into_empty(
             "bulk load into an empty table",
             extra={"sync_run_id": state.run_id, "source": state.source, "tables": tables},
         )
-        state.bulk = _bulk_load(conn, state)
+        state.bulk = bulk = _bulk_load(conn, state)
         summary.db_seconds += time.perf_counter() - t0
         try:
             for batch in connector.read(obj, None, full=full):
@@ -474,11 +503,11 @@ def _read_into_empty(
                 if progress is not None:
                     progress(obj, summary.rows_read)
         except ConnectorError:
-            _restore(conn, state, stripped)
+            _complete(conn, state, bulk, stripped)
             trans.commit()
             committed = True
             raise
-        _restore(conn, state, stripped)
+        _complete(conn, state, bulk, stripped)
         trans.commit()
         committed = True
     except BaseException:
@@ -496,6 +525,10 @@ def _read_into_empty(
 def _bulk_load(conn: Connection, state: _State) -> _BulkLoad:
     """The in-memory side of a bulk load: the ids its rows may reference, read under its locks."""
 
+    def ids(table: str) -> set[str]:  # one array: several times faster than a row per id
+        sql = f"SELECT coalesce(array_agg(id), '{{}}') FROM {table}"  # noqa: S608 - fixed names
+        return set(conn.execute(text(sql)).scalar_one())
+
     open_quarantine = conn.execute(
         text(
             "SELECT EXISTS (SELECT 1 FROM quarantine WHERE source = :s AND object = :o "
@@ -504,8 +537,8 @@ def _bulk_load(conn: Connection, state: _State) -> _BulkLoad:
         {"s": state.source, "o": state.obj.value},
     ).scalar_one()
     return _BulkLoad(
-        owners=set(read_column(conn, "owners", "id")),
-        accounts=set(read_column(conn, "accounts", "id")) if state.obj is CrmObject.opportunities else None,
+        owners=ids("owners"),
+        accounts=ids("accounts") if state.obj is CrmObject.opportunities else None,
         open_quarantine=bool(open_quarantine),
     )
 
@@ -517,56 +550,106 @@ def _is_empty(conn: Connection, table: str) -> bool:
 
 
 def _strip(conn: Connection, tables: Sequence[str]) -> _Stripped:
-    """Drop every index but the primary key, and the outgoing foreign keys, of ``tables``, remembering
-    how to recreate them. Primary keys, NOT NULL and CHECK constraints stay and judge every row; a unique
-    index (the history's one current row per account) judges them all when it is rebuilt."""
+    """Drop the indexes, primary keys and foreign keys (incoming and outgoing) of ``tables``, remembering
+    how to recreate them. NOT NULL and CHECK constraints stay and judge every row; keys and unique
+    indexes judge them all when they are rebuilt."""
     stripped = _Stripped(list(tables))
     rels = {"t": list(tables)}
-    stripped.foreign_keys = [
-        (str(t), str(n), str(d))
-        for t, n, d in conn.execute(
-            text(
-                "SELECT conrelid::regclass::text, quote_ident(conname), pg_get_constraintdef(oid) "
-                "FROM pg_constraint WHERE contype = 'f' "
-                "AND conrelid IN (SELECT CAST(unnest(CAST(:t AS text[])) AS regclass)) ORDER BY conname"
-            ),
-            rels,
-        ).all()
-    ]
+    in_tables = "IN (SELECT CAST(unnest(CAST(:t AS text[])) AS regclass))"
+
+    def constraints(where: str) -> list[tuple[str, str, str]]:
+        sql = (
+            "SELECT conrelid::regclass::text, quote_ident(conname), pg_get_constraintdef(oid) "  # noqa: S608
+            f"FROM pg_constraint WHERE {where} ORDER BY 1, 2"
+        )
+        return [(str(t), str(n), str(d)) for t, n, d in conn.execute(text(sql), rels).all()]
+
+    stripped.foreign_keys = constraints(f"contype = 'f' AND (conrelid {in_tables} OR confrelid {in_tables})")
+    stripped.primary_keys = constraints(f"contype = 'p' AND conrelid {in_tables}")
     indexes = conn.execute(
         text(
-            "SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid) FROM pg_index i "
-            "WHERE NOT indisprimary AND NOT EXISTS (SELECT 1 FROM pg_constraint c "
-            "WHERE c.conindid = i.indexrelid AND c.conrelid = i.indrelid) "
-            "AND indrelid IN (SELECT CAST(unnest(CAST(:t AS text[])) AS regclass)) ORDER BY 1"
+            "SELECT indexrelid::regclass::text, pg_get_indexdef(indexrelid) FROM pg_index i "  # noqa: S608
+            "WHERE NOT EXISTS (SELECT 1 FROM pg_constraint c "
+            f"WHERE c.conindid = i.indexrelid AND c.conrelid = i.indrelid) AND indrelid {in_tables} "
+            "ORDER BY 1"
         ),
         rels,
     ).all()
     stripped.indexes = [str(d) for _, d in indexes]
-    for table, name, _ in stripped.foreign_keys:
+    for table, name, _ in [*stripped.foreign_keys, *stripped.primary_keys]:
         conn.execute(text(f"ALTER TABLE {table} DROP CONSTRAINT {name}"))
     for name, _ in indexes:
         conn.execute(text(f"DROP INDEX {name}"))
     return stripped
 
 
-def _restore(conn: Connection, state: _State, stripped: _Stripped) -> None:
-    """Recreate what :func:`_strip` dropped, in the load's transaction. Statistics are autovacuum's:
-    it analyses a table once a tenth of it has changed, as it would after any large write."""
+def _complete(conn: Connection, state: _State, bulk: _BulkLoad, stripped: _Stripped) -> None:
+    """Recreate what :func:`_strip` dropped, then apply the deferred copies, in the load's transaction.
+
+    Statistics are autovacuum's: it analyses a table once a tenth of it has changed, as after any
+    large write.
+    """
     t0 = time.perf_counter()
+    for table, name, definition in stripped.primary_keys:
+        conn.execute(text(f"ALTER TABLE {table} ADD CONSTRAINT {name} {definition}"))
     for ddl in stripped.indexes:
         conn.execute(text(ddl))
     for table, name, definition in stripped.foreign_keys:
         conn.execute(text(f"ALTER TABLE {table} ADD CONSTRAINT {name} {definition}"))
     state.summary.db_seconds += time.perf_counter() - t0
+    if bulk.deferring:
+        _apply_deferred(conn, state)
 
 
-def _split_direct(state: _State, bulk: _BulkLoad, checked: Checked) -> tuple[_Direct, Checked]:
+def _store_bulk_batch(
+    conn: Connection,
+    state: _State,
+    bulk: _BulkLoad,
+    batch: Batch,
+    checked: Checked,
+    rejected: list[tuple[Any, str, int]],
+) -> None:
+    """One batch of a bulk load, inside the load's transaction: its new ids COPYed straight in (with
+    the accounts' first assignments), its repeated ids and deletes of loaded ids deferred, its bad
+    records quarantined, its cursor and counts recorded."""
+    # The in-memory checks and the COPY text are conversion: they happen before the timing starts.
+    direct = _split_direct(state, bulk, checked)
+    rejected += direct.rejected
+    seq, bulk.batches = bulk.batches, bulk.batches + 1
+    t0 = time.perf_counter()
+    counts = _Counts(read=len(batch.records), skipped=checked.duplicates, quarantined=len(rejected))
+    deferred = direct.repeated
+    if direct.ids:
+        if _copy_direct(conn, state, direct):
+            counts.upserted = len(direct.ids)
+            if bulk.open_quarantine:  # a clean copy of a quarantined record resolves its open row
+                conn.execute(
+                    text(
+                        "UPDATE quarantine SET resolved_at = now() WHERE source = :s AND object = :o "
+                        "AND resolved_at IS NULL AND record_id = ANY(:ids)"
+                    ),
+                    {"s": state.source, "o": state.obj.value, "ids": direct.ids},
+                )
+        else:  # the database refused a row: the whole batch waits for the upsert, which finds it
+            deferred = direct.referenced
+        bulk.loaded.update(direct.ids)
+    # A delete of an id the load does not hold has nothing to change: the table was empty.
+    deletes = [i for i in batch.deleted_ids if i in bulk.loaded]
+    if not deferred.empty or deletes:
+        _defer(conn, state, bulk, seq, batch, deferred, deletes)
+    _quarantine(conn, state, [(rid, why, _raw_json(batch, pos)) for rid, why, pos in rejected])
+    new_cursor = _close_batch(conn, state, batch, counts)
+    if new_cursor is not None:
+        state.saved = new_cursor  # committed with the load, or rolled back with the counts
+    state.summary.db_seconds += time.perf_counter() - t0
+    counts.add_to(state.summary)
+
+
+def _split_direct(state: _State, bulk: _BulkLoad, checked: Checked) -> _Direct:
     """Check a bulk-loaded batch's references in memory and split off the ids new to the load.
 
-    Returns the direct part and what is left for the upsert (ids the load already stored: a record
-    modified while the CRM was paged through, a CSV that lists an id twice). The reasons and their
-    order are those of the SQL checks in :func:`_upsert`.
+    The reasons and their order are those of the SQL checks in :func:`_upsert`. The rest are ids the
+    load already holds: a record modified while the CRM was paged through, a CSV that lists an id twice.
     """
     obj, clean = state.obj, checked.clean
     rejected: list[tuple[Any, str, int]] = []
@@ -587,10 +670,8 @@ def _split_direct(state: _State, bulk: _BulkLoad, checked: Checked) -> tuple[_Di
         ]
         bad |= unknown
     rejected.sort(key=lambda r: r[2])
-    ok = clean[~bad].reset_index(drop=True)
-    referenced = Checked(ok, checked.rejected, checked.duplicates)
-    ids = ok["id"].tolist()
-    new = np.fromiter((i not in bulk.loaded for i in ids), bool, len(ids))
+    ok = clean[~bad]
+    new = np.fromiter((i not in bulk.loaded for i in ok["id"]), bool, len(ok))
     fresh = ok[new]
     history = b""
     if obj is CrmObject.accounts and not state.history_seeded:
@@ -602,20 +683,19 @@ def _split_direct(state: _State, bulk: _BulkLoad, checked: Checked) -> tuple[_Di
                 {"account_id": owned["id"], "owner_id": owned["owner_id"], "start_date": start}
             ).assign(source="sync")
         )
-    direct = _Direct(
+    return _Direct(
         ids=fresh["id"].tolist(),
         rows=_csv_bytes(fresh[list(CANONICAL_COLUMNS[obj])]),
         history=history,
         rejected=rejected,
-        referenced=referenced,
+        referenced=ok,
+        repeated=ok[~new],
     )
-    return direct, Checked(ok[~new].reset_index(drop=True), checked.rejected, checked.duplicates)
 
 
-def _copy_direct(conn: Connection, state: _State, bulk: _BulkLoad, direct: _Direct) -> int:
+def _copy_direct(conn: Connection, state: _State, direct: _Direct) -> bool:
     """COPY a batch's new rows (and accounts' first assignments) straight into the tables, in a
-    savepoint; returns the rows stored, or 0 when the database refused them (the caller then sends
-    them through the upsert, which finds the row at fault)."""
+    savepoint; False when the database refused one of them (nothing of the batch is then stored)."""
     table = _TABLES[state.obj]
     try:
         with conn.begin_nested():
@@ -623,18 +703,84 @@ def _copy_direct(conn: Connection, state: _State, bulk: _BulkLoad, direct: _Dire
             if direct.history:
                 copy_csv(conn, "assignment_history", _FIRST_ASSIGNMENT, [direct.history])
     except (psycopg.IntegrityError, psycopg.DataError):  # COPY runs on the driver's own cursor
-        log.warning("a batch broke a constraint; storing it through the upsert", extra={"table": table})
-        return 0
-    bulk.loaded.update(direct.ids)
-    if bulk.open_quarantine:  # a clean copy of a quarantined record resolves its open row
+        log.warning("a batch broke a constraint; deferring it to the upsert", extra={"table": table})
+        return False
+    return True
+
+
+def _defer(
+    conn: Connection,
+    state: _State,
+    bulk: _BulkLoad,
+    seq: int,
+    batch: Batch,
+    rows: pd.DataFrame,
+    deletes: Sequence[str],
+) -> None:
+    """Keep a batch's rows and deletes for after the rebuild (they need the primary key), with the raw
+    records that a late rejection quarantines. Plain tables: no constraint refuses them here."""
+    columns = list(CANONICAL_COLUMNS[state.obj])
+    if not bulk.deferring:
         conn.execute(
             text(
-                "UPDATE quarantine SET resolved_at = now() WHERE source = :s AND object = :o "
-                "AND resolved_at IS NULL AND record_id = ANY(:ids)"
-            ),
-            {"s": state.source, "o": state.obj.value, "ids": direct.ids},
+                f"CREATE TEMP TABLE deferred ON COMMIT DROP AS SELECT {', '.join(columns)}, "  # noqa: S608
+                f"0 AS _pos, 0 AS _seq, ''::text AS _raw FROM {_TABLES[state.obj]} WITH NO DATA"
+            )
         )
-    return len(direct.ids)
+        conn.execute(text("CREATE TEMP TABLE deferred_deletes (_seq integer, id text) ON COMMIT DROP"))
+        bulk.deferring = True
+    if not rows.empty:
+        frame = rows[[*columns, POSITION]].assign(
+            _seq=seq, _raw=[_raw_json(batch, int(p)) for p in rows[POSITION]]
+        )
+        copy_csv(conn, "deferred", [*columns, POSITION, "_seq", "_raw"], [_csv_bytes(frame)])
+    if deletes:
+        conn.execute(
+            text("INSERT INTO deferred_deletes SELECT :seq, unnest(CAST(:ids AS text[]))"),
+            {"seq": seq, "ids": list(deletes)},
+        )
+
+
+def _apply_deferred(conn: Connection, state: _State) -> None:
+    """Apply a bulk load's deferred copies and deletes, batch by batch in their order, through the
+    usual upsert: newest copy wins, owner changes reach the history, refused rows are quarantined."""
+    t0 = time.perf_counter()
+    columns = ", ".join(CANONICAL_COLUMNS[state.obj])
+    conn.execute(text("CREATE INDEX ON deferred (_seq)"))
+    seqs = conn.execute(
+        text("SELECT _seq FROM deferred UNION SELECT _seq FROM deferred_deletes ORDER BY 1")
+    ).scalars()
+    for seq in list(seqs):
+        conn.execute(
+            text(
+                f"CREATE TEMP TABLE stage ON COMMIT DROP AS SELECT {columns}, _pos "  # noqa: S608
+                "FROM deferred WHERE _seq = :seq"
+            ),
+            {"seq": seq},
+        )
+        upserted, skipped, late = _upsert_stage(conn, state)
+        if upserted or skipped:
+            _resolve_staged(conn, state)
+        raws: dict[int, str] = dict(
+            conn.execute(
+                text("SELECT _pos, _raw FROM deferred WHERE _seq = :seq AND _pos = ANY(:p)"),
+                {"seq": seq, "p": [pos for _, _, pos in late]},
+            ).all()
+        )
+        _quarantine(conn, state, [(rid, why, raws[pos]) for rid, why, pos in late])
+        deletes = conn.execute(
+            text("SELECT id FROM deferred_deletes WHERE _seq = :seq"), {"seq": seq}
+        ).scalars()
+        counts = _Counts(
+            upserted=upserted,
+            skipped=skipped,
+            quarantined=len(late),
+            deleted=_delete(conn, state.obj, list(deletes)),
+        )
+        _count_in_run(conn, state, counts)
+        counts.add_to(state.summary)
+        conn.execute(text("DROP TABLE IF EXISTS stage, owner_change"))
+    state.summary.db_seconds += time.perf_counter() - t0
 
 
 def _csv_bytes(frame: pd.DataFrame) -> bytes:
@@ -675,13 +821,18 @@ def _upsert(
     Returns (rows upserted, rows skipped as older than the stored copy, late rejections as
     (record id, reason, position)).
     """
+    if checked.clean.empty:
+        return 0, 0, []
+    conn.execute(text(_STAGE_DDL.format(table=_TABLES[state.obj])))
+    copy_csv(conn, "stage", [*CANONICAL_COLUMNS[state.obj], POSITION], [staged_csv])
+    return _upsert_stage(conn, state)
+
+
+def _upsert_stage(conn: Connection, state: _State) -> tuple[int, int, list[tuple[Any, str, int]]]:
+    """:func:`_upsert` from the rows in the ``stage`` table."""
     obj = state.obj
     table = _TABLES[obj]
     columns = list(CANONICAL_COLUMNS[obj])
-    if checked.clean.empty:
-        return 0, 0, []
-    conn.execute(text(_STAGE_DDL.format(table=table)))
-    copy_csv(conn, "stage", [*columns, POSITION], [staged_csv])
     rejects: list[tuple[Any, str, int]] = []
     if obj is not CrmObject.owners:
         rows = conn.execute(
@@ -791,16 +942,18 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _quarantine(
-    conn: Connection, state: _State, batch: Batch, rejected: Sequence[tuple[Any, str, int]]
-) -> None:
-    """Insert or refresh the quarantine rows of ``rejected`` (record id, reason, position in batch)."""
+def _raw_json(batch: Batch, pos: int) -> str:
+    """The record at ``pos`` as the CRM sent it, as JSON text that jsonb accepts."""
+    raw = batch.raw[pos] if pos < len(batch.raw) else batch.records[pos]
+    return json.dumps(_json_safe(dict(raw)), default=str).replace("\\u0000", "\\ufffd")
+
+
+def _quarantine(conn: Connection, state: _State, rejected: Sequence[tuple[Any, str, str]]) -> None:
+    """Insert or refresh the quarantine rows of ``rejected`` (record id, reason, raw record as JSON)."""
     if not rejected:
         return
     by_key: dict[Any, dict[str, Any]] = {}
-    for rid, reason, pos in rejected:
-        raw = batch.raw[pos] if pos < len(batch.raw) else batch.records[pos]
-        raw_json = json.dumps(_json_safe(dict(raw)), default=str).replace("\\u0000", "\\ufffd")
+    for rid, reason, raw_json in rejected:
         key = rid if rid is not None else ("", raw_json)
         by_key[key] = {"record_id": rid, "reason": reason, "raw": raw_json}
     rows = json.dumps(list(by_key.values()))

@@ -7,7 +7,7 @@ from collections.abc import Iterable, Sequence
 from typing import Any
 
 import pandas as pd
-from sqlalchemy import Connection, text
+from sqlalchemy import Connection
 
 COPY_CHUNK_ROWS = 100_000
 
@@ -25,19 +25,6 @@ def copy_csv(conn: Connection, table: str, columns: Sequence[str], chunks: Itera
     with _driver(conn).cursor() as cur, cur.copy(f'COPY "{table}" ({cols}) FROM STDIN (FORMAT csv)') as copy:
         for chunk in chunks:
             copy.write(chunk)
-
-
-def read_column(conn: Connection, table: str, column: str) -> list[str]:
-    """Every non-null value of a text ``column`` of ``table``, through COPY (several times faster than
-    fetching rows). COPY's text format escapes with a backslash; a value holding one (or a tab or line
-    break, which it escapes) sends the read through a plain query instead."""
-    sql = f'COPY (SELECT "{column}" FROM "{table}" WHERE "{column}" IS NOT NULL) TO STDOUT'  # noqa: S608
-    with _driver(conn).cursor() as cur, cur.copy(sql) as copy:
-        data = b"".join(bytes(block) for block in copy)
-    if b"\\" not in data:
-        return data.decode().splitlines()
-    query = f'SELECT "{column}" FROM "{table}" WHERE "{column}" IS NOT NULL'  # noqa: S608 - fixed names
-    return [str(v) for v in conn.execute(text(query)).scalars()]
 
 
 def frame_csv_chunks(frame: pd.DataFrame, chunk_rows: int = COPY_CHUNK_ROWS) -> Iterable[bytes]:

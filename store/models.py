@@ -132,7 +132,6 @@ class Opportunity(Base):
         CheckConstraint("probability IS NULL OR probability BETWEEN 0 AND 1", name="probability_range"),
         CheckConstraint("is_closed OR NOT is_won", name="won_is_closed"),
         Index(None, "account_id"),
-        Index(None, "close_date"),
     )
 
     id: Mapped[str] = mapped_column(CrmId, primary_key=True)
@@ -271,7 +270,9 @@ class ProposalMove(Base):
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
     from_owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id"))
     to_owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id"))
-    expected_owner_id: Mapped[str] = mapped_column(CrmId, comment="the CRM owner the move was planned against")
+    expected_owner_id: Mapped[str] = mapped_column(
+        CrmId, comment="the CRM owner the move was planned against"
+    )
     rationale: Mapped[str] = mapped_column(Text)
     writeback_state: Mapped[str] = mapped_column(Text, server_default=text("'pending'"))
     crm_response: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
