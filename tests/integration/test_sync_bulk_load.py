@@ -190,7 +190,7 @@ def test_a_connector_error_during_the_bulk_load_keeps_what_was_read(db: Engine) 
 def test_a_table_with_rows_takes_the_batch_path(db: Engine, caplog: pytest.LogCaptureFixture) -> None:
     at = "2026-10-03T00:00:00+00:00"
     run_sync(db, _scripted(), full=True, now=NOW)
-    caplog.set_level("INFO", logger="connectors.sync")
+    caplog.set_level("INFO", logger="connectors.bulk_load")
     caplog.clear()  # only the second sync's records count (the first one's depend on the root level)
     again = ScriptedConnector(
         {CrmObject.accounts: [_batch(account(1, arr="2.00", modified_at="2026-10-04T00:00:00Z"), at=at)]}
@@ -246,7 +246,7 @@ def test_a_bulk_load_resolves_the_quarantine_of_the_records_it_stores(
         ("001A1", True),
         ("001A2", True),
     ]
-    caplog.set_level("INFO", logger="connectors.sync")
+    caplog.set_level("INFO", logger="connectors.bulk_load")
     caplog.clear()
     fixed = ScriptedConnector({CrmObject.owners: [_batch(owner(1), at=at)], CrmObject.accounts: accounts})
     summary = run_sync(db, fixed, full=True, now=NOW)
