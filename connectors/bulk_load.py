@@ -253,6 +253,7 @@ def _store_bulk_batch(conn: Connection, state: BatchState, bulk: _BulkLoad, batc
     if not deferred.empty or deletes:
         _defer(conn, state, bulk, seq, batch, deferred, deletes)
     quarantine(conn, state, [(rid, why, raw_json(batch, pos)) for rid, why, pos in rejected])
+    bulk.open_quarantine |= bool(rejected)  # a later clean copy of one of them must resolve its row
     new_cursor = close_batch(conn, state, batch, counts)
     if new_cursor is not None:
         state.saved = new_cursor  # committed with the load, or rolled back with the counts

@@ -256,3 +256,27 @@ def test_a_bulk_load_resolves_the_quarantine_of_the_records_it_stores(
         ("001A1", False),
         ("001A2", False),
     ]
+
+
+def test_a_record_quarantined_and_fixed_within_one_bulk_load_is_resolved(db: Engine) -> None:
+    """Account 1 arrives with an unknown owner, then fixed in a later batch of the same load."""
+    at = "2026-10-03T00:00:00+00:00"
+
+    def make() -> ScriptedConnector:
+        return ScriptedConnector(
+            {
+                CrmObject.owners: [_batch(owner(1), at=at)],
+                CrmObject.accounts: [
+                    _batch(account(1, owner_id="005NOBODY"), account(2), at=at),
+                    _batch(account(1, modified_at="2026-10-02T00:00:00Z"), at=at),
+                ],
+            }
+        )
+
+    normal, bulk = _both_ways(db, make)
+    assert bulk == normal
+    assert [(r[1], r[4]) for r in bulk["quarantine"]] == [("001A1", False)]
+    assert [a[:3] for a in bulk["accounts"]] == [
+        ("001A1", "Account 1", "005O1"),
+        ("001A2", "Account 2", "005O1"),
+    ]
