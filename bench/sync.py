@@ -5,10 +5,11 @@ Usage: python -m bench.sync [--accounts 200000] [--reps 400] [--database-url URL
 The source is the sandbox Salesforce, served by a child process (so that the peak RSS printed is the
 sync's own) and read through the real simple-salesforce client: the full sync through Bulk API 2.0,
 the incremental ones through REST ``queryAll``, after the child changed records through the sandbox's
-state as a user would (their ``SystemModstamp`` moves to now). Runs on a fresh, dropped-afterwards
-database on the server of --database-url (default: the local PostgreSQL at 127.0.0.1:5432). Prints each
-phase's seconds and rows/s, the database phase against the raw COPY rate of the same run, and the
-peak RSS.
+state as a user would (their ``SystemModstamp`` moves to now). Then the synced rows are exported and
+COPYed into bare tables (no key, index or constraint) three times; the median of those is the raw COPY
+rate. Runs on a fresh, dropped-afterwards database on the server of --database-url (default: the local
+PostgreSQL at 127.0.0.1:5432). Prints each phase's seconds and rows/s, the database phase against the
+raw COPY rate of the same run, and the peak RSS.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from store.db import ensure_database, make_engine, normalize_url
 
 NOW = dt.datetime(2026, 11, 1, tzinfo=dt.UTC)
 LOCAL = "postgresql://postgres@127.0.0.1:5432/postgres"
+RAW_COPIES = 3  # a 3-second COPY is at the mercy of a checkpoint or autovacuum: its median is steadier
 
 
 def _serve(pipe: Pipe, accounts: int, reps: int, seed: int, cert_dir: str) -> None:
@@ -101,8 +103,8 @@ def _file_chunks(path: Path, size: int = 1 << 20) -> Iterator[bytes]:
             yield block
 
 
-def _raw_copy(engine: Engine, folder: Path) -> tuple[int, float]:
-    """Export the synced accounts and opportunities, then time a COPY of them into bare tables."""
+def _export(engine: Engine, folder: Path) -> None:
+    """Write the synced accounts and opportunities as the CSV the raw COPY reads."""
     raw = engine.raw_connection()
     try:
         with raw.cursor() as cur:  # type: ignore[attr-defined]
@@ -116,29 +118,35 @@ def _raw_copy(engine: Engine, folder: Path) -> tuple[int, float]:
                 ):
                     for block in copy:
                         out.write(block)
-                cur.execute(f"CREATE TABLE bare_{table} (LIKE {table} INCLUDING DEFAULTS)")
-        raw.commit()
     finally:
         raw.close()
-    copied = 0
+
+
+def _raw_copy(engine: Engine, folder: Path, attempt: int) -> tuple[int, float]:
+    """Time a COPY of the exported rows into new bare tables (no key, index or constraint)."""
+    with engine.begin() as conn:
+        for table in ("accounts", "opportunities"):
+            conn.execute(text(f"CREATE TABLE bare_{table}_{attempt} (LIKE {table} INCLUDING DEFAULTS)"))
     started = time.perf_counter()
     with engine.begin() as conn:
         for table in ("accounts", "opportunities"):
             copy_csv(
                 conn,
-                f"bare_{table}",
+                f"bare_{table}_{attempt}",
                 CANONICAL_COLUMNS[CrmObject(table)],
                 _file_chunks(folder / f"{table}.csv"),
             )
+    seconds = time.perf_counter() - started
+    with engine.connect() as conn:
         copied = int(
             conn.execute(
                 text(
-                    "SELECT (SELECT count(*) FROM bare_accounts) + (SELECT count(*) FROM bare_opportunities)"
+                    f"SELECT (SELECT count(*) FROM bare_accounts_{attempt}) "  # noqa: S608 - fixed names
+                    f"+ (SELECT count(*) FROM bare_opportunities_{attempt})"
                 )
             ).scalar_one()
         )
-    # The counts ran after the COPYs inside the timed block; they are a small share, kept for honesty.
-    return copied, time.perf_counter() - started
+    return copied, seconds
 
 
 def main() -> None:
@@ -192,9 +200,15 @@ def main() -> None:
                 incremental = run_sync(engine, _connector(sf_url, ca_path, token), now=NOW)
                 _report(f"{label}: {changed:,} changed", incremental, incremental.total("rows_read"))
 
-            copied, raw_seconds = _raw_copy(engine, Path(tmp))
+            _export(engine, Path(tmp))
+            raw = [_raw_copy(engine, Path(tmp), attempt) for attempt in range(RAW_COPIES)]
+            for copied, seconds in raw:
+                print(
+                    f"{'raw COPY into bare tables':<34} {seconds:8.2f} s  {copied / seconds:>10,.0f} rows/s"
+                )
+            copied, raw_seconds = raw[int(np.argsort([s for _, s in raw])[RAW_COPIES // 2])]
             raw_rate = copied / raw_seconds
-            print(f"{'raw COPY into bare tables':<34} {raw_seconds:8.2f} s  {raw_rate:>10,.0f} rows/s")
+            print(f"raw COPY, the median of {RAW_COPIES}: {raw_seconds:.2f} s = {raw_rate:,.0f} rows/s")
             synced = {o.object: o for o in full.objects}
             db_seconds = synced["accounts"].db_seconds + synced["opportunities"].db_seconds
             db_rows = synced["accounts"].rows_read + synced["opportunities"].rows_read

@@ -85,8 +85,9 @@ class _Stripped:
 
 def read_into_empty(
     conn: Connection, state: BatchState, connector: Connector, full: bool, progress: ProgressFn | None
-) -> None:
-    """A first read into an empty table, as one transaction without the per-row index and FK costs.
+) -> bool:
+    """A first read into an empty table, as one transaction without the per-row index and FK costs;
+    False when the table turned out to hold rows and the read took the batch-by-batch path.
 
     The table's indexes (its primary key too) and foreign keys, incoming and outgoing (and those of
     ``assignment_history`` for accounts), are dropped. Each batch's ids new to the load are COPYed
@@ -113,7 +114,7 @@ def read_into_empty(
                 store_batch(conn, state, batch)
                 if progress is not None:
                     progress(obj, summary.rows_read)
-            return
+            return False
         log.info(
             "bulk load into an empty table",
             extra={"sync_run_id": state.run_id, "source": state.source, "tables": tables},
@@ -141,6 +142,7 @@ def read_into_empty(
             summary.rows_read = summary.rows_upserted = summary.rows_quarantined = 0
             summary.rows_skipped = summary.rows_deleted = 0
         raise
+    return True
 
 
 def _bulk_load(conn: Connection, state: BatchState) -> _BulkLoad:

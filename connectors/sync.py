@@ -206,14 +206,16 @@ def _sync_object(
     log.info("sync of an object started", extra={**extra, "since": since and since.to_json()})
     try:
         with engine.connect() as conn:
+            loaded_empty = False
             if bulk_load and obj is not CrmObject.owners and since is None:
-                read_into_empty(conn, state, connector, full, progress)
+                loaded_empty = read_into_empty(conn, state, connector, full, progress)
             else:
                 for batch in connector.read(obj, since, full=full):
                     store_batch(conn, state, batch)
                     if progress is not None:
                         progress(obj, summary.rows_read)
-            if isinstance(connector, SnapshotSource):
+            # After a bulk load every stored row came from this very export: nothing to sweep.
+            if isinstance(connector, SnapshotSource) and not loaded_empty:
                 with conn.begin():
                     relaxed_commit(conn)
                     t0 = time.perf_counter()

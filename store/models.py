@@ -156,7 +156,6 @@ class Assignment(Base):
     __table_args__ = (
         CheckConstraint("end_date IS NULL OR end_date >= start_date", name="dates_ordered"),
         Index(None, "account_id", unique=True, postgresql_where=text("end_date IS NULL")),
-        Index(None, "owner_id"),
         # Tenures that can decide the owner as of D all have coalesce(end_date, start_date) > D.
         Index("ix_assignment_history_as_of", func.coalesce(text("end_date"), text("start_date"))),
     )
