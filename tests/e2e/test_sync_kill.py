@@ -57,13 +57,16 @@ def _kill_mid_way(folder: Path, url: URL, rng: random.Random, runs_before: int) 
     """Start a sync and SIGKILL it after its n-th commit (n random in 1..3); returns n.
 
     The kill point is counted in commits (batches, or whole objects on the empty-table bulk load),
-    not in time, so it lands mid-sync however fast the machine is. A sync that outruns the kill (its
-    last commit came before the n-th was seen) is started again with another n.
+    not in time, so it lands mid-sync however fast the machine is. A sync that outruns the kill (it
+    exited, or the kill came after its last object had finished: no run of it is left running) is
+    started again with a smaller n.
     """
     engine = create_engine(url)
     try:
+        most = 3
         for _attempt in range(5):
-            commits = rng.randint(1, 3)
+            commits = rng.randint(1, most)
+            most = max(1, commits - 1)  # if this one outruns the kill, aim earlier next time
             proc = _sync(folder, url)
             try:
                 seen: set[int] = set()
@@ -79,7 +82,13 @@ def _kill_mid_way(folder: Path, url: URL, rng: random.Random, runs_before: int) 
                     time.sleep(0.002)
                 proc.send_signal(signal.SIGKILL)
                 if proc.wait(10) == -signal.SIGKILL:
-                    return commits
+                    with engine.connect() as conn:
+                        running = conn.execute(
+                            text("SELECT count(*) FROM sync_runs WHERE id > :n AND status = 'running'"),
+                            {"n": runs_before},
+                        ).scalar_one()
+                    if running:
+                        return commits
             finally:
                 if proc.poll() is None:
                     proc.kill()
