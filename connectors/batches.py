@@ -24,7 +24,7 @@ from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.exc import DataError, DBAPIError, IntegrityError
 from sqlalchemy.sql.elements import TextClause
 
-from connectors.base import CANONICAL_COLUMNS, Batch, CrmObject, Cursor
+from connectors.base import CANONICAL_COLUMNS, Batch, Connector, CrmObject, Cursor
 from connectors.records import POSITION, Checked, check_records, records_frame
 from connectors.roster import apply_roster
 from store.bulk import copy_csv
@@ -136,6 +136,22 @@ def store_batch(conn: Connection, state: BatchState, batch: Batch) -> None:
         state.saved = new_cursor
     state.summary.db_seconds += time.perf_counter() - t0
     counts.add_to(state.summary)
+
+
+def read_batches(
+    conn: Connection,
+    state: BatchState,
+    connector: Connector,
+    since: Cursor | None,
+    *,
+    full: bool,
+    progress: ProgressFn | None,
+) -> None:
+    """Read what changed since ``since`` and store it batch by batch, reporting progress after each."""
+    for batch in connector.read(state.obj, since, full=full):
+        store_batch(conn, state, batch)
+        if progress is not None:
+            progress(state.obj, state.summary.rows_read)
 
 
 def resolve_staged(conn: Connection, state: BatchState) -> None:

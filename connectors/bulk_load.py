@@ -22,6 +22,7 @@ from connectors.batches import (
     TABLES,
     BatchState,
     Counts,
+    ObjectSummary,
     ProgressFn,
     checked_batch,
     close_batch,
@@ -30,9 +31,9 @@ from connectors.batches import (
     delete_ids,
     quarantine,
     raw_json,
+    read_batches,
     relaxed_commit,
     resolve_staged,
-    store_batch,
     upsert_stage,
 )
 from connectors.errors import ConnectorError
@@ -69,7 +70,6 @@ class _Direct:
     rows: bytes  # COPY text of the canonical columns
     history: bytes  # COPY text of the accounts' first assignment rows (empty for other objects)
     rejected: list[tuple[Any, str, int]]  # unknown owner or account: (record id, reason, position)
-    referenced: pd.DataFrame  # every clean row whose references are known (new and repeated ids)
     repeated: pd.DataFrame  # the clean rows of ids the load already holds
 
 
@@ -87,18 +87,19 @@ def read_into_empty(
     conn: Connection, state: BatchState, connector: Connector, full: bool, progress: ProgressFn | None
 ) -> bool:
     """A first read into an empty table, as one transaction without the per-row index and FK costs;
-    False when the table turned out to hold rows and the read took the batch-by-batch path.
+    False when the read took the batch-by-batch path after all (the table turned out to hold rows, or
+    the database refused a row of the direct COPY).
 
     The table's indexes (its primary key too) and foreign keys, incoming and outgoing (and those of
-    ``assignment_history`` for accounts), are dropped. Each batch's ids new to the load are COPYed
-    straight into the table, their references checked in memory (:func:`_store_bulk_batch`); a later
-    copy of an id already loaded waits in a deferred table. Then the keys and indexes are rebuilt (one
-    sort each), the foreign keys re-added (one validating join each), the deferred copies applied
-    through the usual upsert, in their order, and the load commits. A crash rolls everything back to
-    the empty table; a connector error keeps what was read, like the batch-by-batch path. A table that
-    holds rows takes the batch-by-batch path.
+    ``assignment_history`` for accounts), are dropped and the empty tables truncated, so that COPY may
+    write frozen rows. Each batch's ids new to the load are COPYed straight into the table, their
+    references checked in memory (:func:`_store_bulk_batch`); a later copy of an id already loaded
+    waits in a deferred table. Then the keys and indexes are rebuilt (one sort each), the foreign keys
+    re-added (one validating join each), the deferred copies applied through the usual upsert, in
+    their order, and the load commits. A crash rolls everything back to the empty table; a connector
+    error keeps what was read, like the batch-by-batch path.
     """
-    obj, summary = state.obj, state.summary
+    obj, summary, saved = state.obj, state.summary, state.saved
     tables = [TABLES[obj], *(["assignment_history"] if obj is CrmObject.accounts else [])]
     t0 = time.perf_counter()
     trans = conn.begin()
@@ -110,11 +111,9 @@ def read_into_empty(
         if stripped is None or not _is_empty(conn, tables[0]):
             trans.rollback()
             summary.db_seconds += time.perf_counter() - t0
-            for batch in connector.read(obj, None, full=full):
-                store_batch(conn, state, batch)
-                if progress is not None:
-                    progress(obj, summary.rows_read)
+            read_batches(conn, state, connector, None, full=full, progress=progress)
             return False
+        conn.execute(text(f"TRUNCATE {', '.join(tables)}"))  # empty already; it allows COPY FREEZE
         log.info(
             "bulk load into an empty table",
             extra={"sync_run_id": state.run_id, "source": state.source, "tables": tables},
@@ -134,15 +133,29 @@ def read_into_empty(
         _complete(conn, state, bulk, stripped)
         trans.commit()
         committed = True
+    except _Refused as exc:
+        trans.rollback()
+        _forget(summary)
+        state.saved = saved
+        log.warning(
+            "the database refused a row of the bulk load; reading the object again batch by batch",
+            extra={"sync_run_id": state.run_id, "source": state.source, "error": str(exc)},
+        )
+        read_batches(conn, state, connector, None, full=full, progress=progress)
+        return False
     except BaseException:
         if not committed:
             if trans.is_active:
                 trans.rollback()
-            # Nothing of the load is stored: the counts must not say otherwise.
-            summary.rows_read = summary.rows_upserted = summary.rows_quarantined = 0
-            summary.rows_skipped = summary.rows_deleted = 0
+            _forget(summary)
         raise
     return True
+
+
+def _forget(summary: ObjectSummary) -> None:
+    """Nothing of a rolled-back load is stored: the counts must not say otherwise."""
+    summary.rows_read = summary.rows_upserted = summary.rows_quarantined = 0
+    summary.rows_skipped = summary.rows_deleted = 0
 
 
 def _bulk_load(conn: Connection, state: BatchState) -> _BulkLoad:
@@ -235,25 +248,22 @@ def _store_bulk_batch(conn: Connection, state: BatchState, bulk: _BulkLoad, batc
     seq, bulk.batches = bulk.batches, bulk.batches + 1
     t0 = time.perf_counter()
     counts = Counts(read=len(batch.records), skipped=checked.duplicates, quarantined=len(rejected))
-    deferred = direct.repeated
     if direct.ids:
-        if _copy_direct(conn, state, direct):
-            counts.upserted = len(direct.ids)
-            if bulk.open_quarantine:  # a clean copy of a quarantined record resolves its open row
-                conn.execute(
-                    text(
-                        "UPDATE quarantine SET resolved_at = now() WHERE source = :s AND object = :o "
-                        "AND resolved_at IS NULL AND record_id = ANY(:ids)"
-                    ),
-                    {"s": state.source, "o": state.obj.value, "ids": direct.ids},
-                )
-        else:  # the database refused a row: the whole batch waits for the upsert, which finds it
-            deferred = direct.referenced
+        _copy_direct(conn, state, direct)
+        counts.upserted = len(direct.ids)
+        if bulk.open_quarantine:  # a clean copy of a quarantined record resolves its open row
+            conn.execute(
+                text(
+                    "UPDATE quarantine SET resolved_at = now() WHERE source = :s AND object = :o "
+                    "AND resolved_at IS NULL AND record_id = ANY(:ids)"
+                ),
+                {"s": state.source, "o": state.obj.value, "ids": direct.ids},
+            )
         bulk.loaded.update(direct.ids)
     # A delete of an id the load does not hold has nothing to change: the table was empty.
     deletes = [i for i in batch.deleted_ids if i in bulk.loaded]
-    if not deferred.empty or deletes:
-        _defer(conn, state, bulk, seq, batch, deferred, deletes)
+    if not direct.repeated.empty or deletes:
+        _defer(conn, state, bulk, seq, batch, direct.repeated, deletes)
     quarantine(conn, state, [(rid, why, raw_json(batch, pos)) for rid, why, pos in rejected])
     bulk.open_quarantine |= bool(rejected)  # a later clean copy of one of them must resolve its row
     new_cursor = close_batch(conn, state, batch, counts)
@@ -306,24 +316,27 @@ def _split_direct(state: BatchState, bulk: _BulkLoad, checked: Checked) -> _Dire
         rows=csv_bytes(fresh[list(CANONICAL_COLUMNS[obj])]),
         history=history,
         rejected=rejected,
-        referenced=ok,
         repeated=ok[~new],
     )
 
 
-def _copy_direct(conn: Connection, state: BatchState, direct: _Direct) -> bool:
-    """COPY a batch's new rows (and accounts' first assignments) straight into the tables, in a
-    savepoint; False when the database refused one of them (nothing of the batch is then stored)."""
-    table = TABLES[state.obj]
+class _Refused(Exception):
+    """The database refused a row of a direct COPY; the load's transaction is aborted."""
+
+
+def _copy_direct(conn: Connection, state: BatchState, direct: _Direct) -> None:
+    """COPY a batch's new rows (and accounts' first assignments) straight into the tables, frozen.
+
+    FREEZE needs the tables truncated in the current subtransaction, so there is no savepoint: a row
+    the database refuses (a constraint the checks do not know) aborts the load, and
+    :func:`read_into_empty` reads the object again batch by batch, where it is found and quarantined.
+    """
     try:
-        with conn.begin_nested():
-            copy_csv(conn, table, CANONICAL_COLUMNS[state.obj], [direct.rows])
-            if direct.history:
-                copy_csv(conn, "assignment_history", _FIRST_ASSIGNMENT, [direct.history])
-    except (psycopg.IntegrityError, psycopg.DataError):  # COPY runs on the driver's own cursor
-        log.warning("a batch broke a constraint; deferring it to the upsert", extra={"table": table})
-        return False
-    return True
+        copy_csv(conn, TABLES[state.obj], CANONICAL_COLUMNS[state.obj], [direct.rows], freeze=True)
+        if direct.history:
+            copy_csv(conn, "assignment_history", _FIRST_ASSIGNMENT, [direct.history], freeze=True)
+    except (psycopg.IntegrityError, psycopg.DataError) as exc:  # COPY runs on the driver's own cursor
+        raise _Refused(str(exc).splitlines()[0]) from exc
 
 
 def _defer(

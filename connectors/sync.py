@@ -27,8 +27,8 @@ from connectors.batches import (
     ObjectSummary,
     ProgressFn,
     json_safe,
+    read_batches,
     relaxed_commit,
-    store_batch,
 )
 from connectors.bulk_load import read_into_empty
 from connectors.errors import ConnectorError, QuotaExhausted
@@ -210,10 +210,7 @@ def _sync_object(
             if bulk_load and obj is not CrmObject.owners and since is None:
                 loaded_empty = read_into_empty(conn, state, connector, full, progress)
             else:
-                for batch in connector.read(obj, since, full=full):
-                    store_batch(conn, state, batch)
-                    if progress is not None:
-                        progress(obj, summary.rows_read)
+                read_batches(conn, state, connector, since, full=full, progress=progress)
             # After a bulk load every stored row came from this very export: nothing to sweep.
             if isinstance(connector, SnapshotSource) and not loaded_empty:
                 with conn.begin():

@@ -19,10 +19,17 @@ def _driver(conn: Connection) -> Any:
     return raw
 
 
-def copy_csv(conn: Connection, table: str, columns: Sequence[str], chunks: Iterable[bytes]) -> None:
-    """COPY headerless CSV ``chunks`` (empty field = NULL) into ``columns`` of ``table``."""
+def copy_csv(
+    conn: Connection, table: str, columns: Sequence[str], chunks: Iterable[bytes], *, freeze: bool = False
+) -> None:
+    """COPY headerless CSV ``chunks`` (empty field = NULL) into ``columns`` of ``table``.
+
+    ``freeze`` writes the rows frozen and their pages all-visible (PostgreSQL's ``COPY ... FREEZE``),
+    which is allowed only into a table created or truncated in the current subtransaction.
+    """
     cols = ", ".join(f'"{c}"' for c in columns)
-    with _driver(conn).cursor() as cur, cur.copy(f'COPY "{table}" ({cols}) FROM STDIN (FORMAT csv)') as copy:
+    options = "FORMAT csv, FREEZE" if freeze else "FORMAT csv"
+    with _driver(conn).cursor() as cur, cur.copy(f'COPY "{table}" ({cols}) FROM STDIN ({options})') as copy:
         for chunk in chunks:
             copy.write(chunk)
 

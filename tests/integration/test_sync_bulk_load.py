@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
 
-from connectors.base import CrmObject
+from connectors.base import Batch, CrmObject, Cursor, OwnerChange, WriteResult
 from connectors.csv_files import CsvConnector
 from connectors.errors import RetriableError
 from connectors.sandbox.generator import generate_org, write_csv
@@ -201,9 +202,11 @@ def test_a_table_with_rows_takes_the_batch_path(db: Engine, caplog: pytest.LogCa
     assert rows(db, "SELECT arr FROM accounts WHERE id = '001A1'")[0][0] == 2
 
 
-def test_a_row_the_database_refuses_during_a_bulk_load_is_quarantined_alone(db: Engine) -> None:
-    """The direct COPY of a batch fails on a constraint the checks do not know: that batch goes through
-    the upsert, which stores the rest; both paths end the same."""
+def test_a_row_the_database_refuses_during_a_bulk_load_is_quarantined_alone(
+    db: Engine, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The direct COPY of a batch fails on a constraint the checks do not know: the load rolls back and
+    the object is read again batch by batch, which quarantines that row alone; both paths end the same."""
     with db.begin() as conn:
         conn.execute(
             text("ALTER TABLE accounts ADD CONSTRAINT ck_test_no_forbidden CHECK (name <> 'forbidden')")
@@ -222,8 +225,12 @@ def test_a_row_the_database_refuses_during_a_bulk_load_is_quarantined_alone(db: 
                 }
             )
 
+        caplog.set_level("WARNING", logger="connectors.bulk_load")
         normal, bulk = _both_ways(db, make)
         assert bulk == normal
+        assert [r.getMessage() for r in caplog.records if r.name == "connectors.bulk_load"] == [
+            "the database refused a row of the bulk load; reading the object again batch by batch"
+        ]
         assert [a[0] for a in bulk["accounts"]] == ["001A1", "001A3", "001A4"]
         ((_, record_id, reason, _, still_open),) = bulk["quarantine"]
         assert (record_id, still_open) == ("001A2", True)
@@ -240,7 +247,7 @@ def test_a_bulk_load_resolves_the_quarantine_of_the_records_it_stores(
     """A first sync quarantines every account (its owner is unknown), so the table stays empty; the
     next one, with the owner, is a bulk load again and closes those quarantine rows."""
     at = "2026-10-03T00:00:00+00:00"
-    accounts = [_batch(account(1), account(2), at=at)]
+    accounts: list[Batch | Exception] = [_batch(account(1), account(2), at=at)]
     run_sync(db, ScriptedConnector({CrmObject.accounts: accounts}), full=True, now=NOW)
     assert rows(db, "SELECT record_id, resolved_at IS NULL FROM quarantine ORDER BY 1") == [
         ("001A1", True),
@@ -280,3 +287,43 @@ def test_a_record_quarantined_and_fixed_within_one_bulk_load_is_resolved(db: Eng
         ("001A1", "Account 1", "005O1"),
         ("001A2", "Account 2", "005O1"),
     ]
+
+
+class _ReadOnly:
+    """A CSV export seen as a CRM that carries no history (the accounts' first assignments are then
+    written by the load itself) and is no snapshot."""
+
+    source = "csv"
+
+    def __init__(self, inner: CsvConnector) -> None:
+        self.inner = inner
+
+    def read(self, obj: CrmObject, since: Cursor | None, *, full: bool = False) -> Iterator[Batch]:
+        return self.inner.read(obj, since, full=full)
+
+    def apply_owner_changes(self, changes: Sequence[OwnerChange]) -> list[WriteResult]:
+        return []
+
+
+def test_a_bulk_load_writes_its_rows_frozen(db: Engine, tmp_path: Path) -> None:
+    """COPY FREEZE into the truncated tables: every page is all-visible and all-frozen at commit, so
+    neither the index rebuilds nor the first readers nor autovacuum rewrite them."""
+    with db.begin() as conn:
+        available = conn.execute(
+            text("SELECT count(*) FROM pg_available_extensions WHERE name = 'pg_visibility'")
+        ).scalar_one()
+        if not available:
+            pytest.skip("the server lacks the pg_visibility extension (PostgreSQL contrib)")
+        conn.execute(text("CREATE EXTENSION IF NOT EXISTS pg_visibility"))
+    write_csv(generate_org(accounts=2_000, reps=10, seed=5, now=NOW), tmp_path)
+    summary = run_sync(db, _ReadOnly(CsvConnector(tmp_path, chunk_rows=500)), full=True, now=NOW)
+    assert summary.status == "succeeded"
+    for table in ("accounts", "opportunities", "assignment_history"):
+        pages, visible, frozen = rows(
+            db,
+            "SELECT pg_relation_size(CAST(:t AS regclass)) / current_setting('block_size')::int, "
+            "all_visible, all_frozen FROM pg_visibility_map_summary(CAST(:t AS regclass))",
+            t=table,
+        )[0]
+        assert pages > 1
+        assert (visible, frozen) == (pages, pages), table
