@@ -7,9 +7,10 @@ sync's own) and read through the real simple-salesforce client: the full sync th
 the incremental ones through REST ``queryAll``, after the child changed records through the sandbox's
 state as a user would (their ``SystemModstamp`` moves to now). Then the synced rows are exported and
 COPYed into bare tables (no key, index or constraint) three times; the median of those is the raw COPY
-rate. Runs on a fresh, dropped-afterwards database on the server of --database-url (default: the local
-PostgreSQL at 127.0.0.1:5432). Prints each phase's seconds and rows/s, the database phase against the
-raw COPY rate of the same run, and the peak RSS.
+rate. The full sync and each raw COPY start once autovacuum is idle, after a CHECKPOINT. Runs on a
+fresh, dropped-afterwards database on the server of --database-url (default: the local PostgreSQL at
+127.0.0.1:5432). Prints each phase's seconds and rows/s, the database phase against the raw COPY rate
+of the same run, and the peak RSS.
 """
 
 from __future__ import annotations
@@ -122,11 +123,30 @@ def _export(engine: Engine, folder: Path) -> None:
         raw.close()
 
 
+def _settle(engine: Engine) -> None:
+    """Start a timed phase from the same server state: no autovacuum worker busy on this database (up to
+    a minute), and a fresh checkpoint, so that neither phase pays for the other's dirty pages."""
+    deadline = time.monotonic() + 60
+    with engine.connect() as conn:
+        while (
+            time.monotonic() < deadline
+            and conn.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE backend_type = 'autovacuum worker' "
+                    "AND datname = current_database()"
+                )
+            ).scalar_one()
+        ):
+            time.sleep(0.5)
+        conn.execute(text("CHECKPOINT"))
+
+
 def _raw_copy(engine: Engine, folder: Path, attempt: int) -> tuple[int, float]:
     """Time a COPY of the exported rows into new bare tables (no key, index or constraint)."""
     with engine.begin() as conn:
         for table in ("accounts", "opportunities"):
             conn.execute(text(f"CREATE TABLE bare_{table}_{attempt} (LIKE {table} INCLUDING DEFAULTS)"))
+    _settle(engine)
     started = time.perf_counter()
     with engine.begin() as conn:
         for table in ("accounts", "opportunities"):
@@ -181,6 +201,7 @@ def main() -> None:
             print(f"generated and serving {counts} in {time.perf_counter() - started:.1f} s")
             rows = sum(counts.values())
 
+            _settle(engine)
             full = run_sync(
                 engine,
                 _connector(sf_url, ca_path, token),
