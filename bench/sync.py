@@ -227,7 +227,7 @@ def main() -> None:
                 print(
                     f"{'raw COPY into bare tables':<34} {seconds:8.2f} s  {copied / seconds:>10,.0f} rows/s"
                 )
-            copied, raw_seconds = raw[int(np.argsort([s for _, s in raw])[RAW_COPIES // 2])]
+            copied, raw_seconds = sorted(raw, key=lambda r: r[1])[RAW_COPIES // 2]
             raw_rate = copied / raw_seconds
             print(f"raw COPY, the median of {RAW_COPIES}: {raw_seconds:.2f} s = {raw_rate:,.0f} rows/s")
             synced = {o.object: o for o in full.objects}

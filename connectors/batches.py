@@ -146,10 +146,12 @@ def read_batches(
     *,
     full: bool,
     progress: ProgressFn | None,
+    store: Callable[[Connection, BatchState, Batch], None] | None = None,
 ) -> None:
-    """Read what changed since ``since`` and store it batch by batch, reporting progress after each."""
+    """Read what changed since ``since`` and store each batch (with :func:`store_batch`, its own
+    transaction, unless ``store`` says otherwise), reporting progress after each."""
     for batch in connector.read(state.obj, since, full=full):
-        store_batch(conn, state, batch)
+        (store or store_batch)(conn, state, batch)
         if progress is not None:
             progress(state.obj, state.summary.rows_read)
 
@@ -168,7 +170,7 @@ def resolve_staged(conn: Connection, state: BatchState) -> None:
 def close_batch(conn: Connection, state: BatchState, batch: Batch, counts: Counts) -> Cursor | None:
     """Save the batch's cursor when it is ahead of the saved one, and add its counts to its run's row;
     returns the cursor saved, if any (it counts as saved once the transaction commits)."""
-    new_cursor = batch.cursor if batch.cursor is not None else None
+    new_cursor = batch.cursor
     if new_cursor is not None and state.saved is not None and not new_cursor > state.saved:
         new_cursor = None
     if new_cursor is not None:

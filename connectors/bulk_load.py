@@ -103,7 +103,7 @@ def read_into_empty(
     tables = [TABLES[obj], *(["assignment_history"] if obj is CrmObject.accounts else [])]
     t0 = time.perf_counter()
     trans = conn.begin()
-    committed = False
+    stopped: ConnectorError | None = None
     try:
         relaxed_commit(conn)
         stripped = _strip(conn, tables) if _is_empty(conn, tables[0]) else None
@@ -120,19 +120,16 @@ def read_into_empty(
         )
         bulk = _bulk_load(conn, state)
         summary.db_seconds += time.perf_counter() - t0
+
+        def store(c: Connection, s: BatchState, batch: Batch) -> None:
+            _store_bulk_batch(c, s, bulk, batch)
+
         try:
-            for batch in connector.read(obj, None, full=full):
-                _store_bulk_batch(conn, state, bulk, batch)
-                if progress is not None:
-                    progress(obj, summary.rows_read)
-        except ConnectorError:
-            _complete(conn, state, bulk, stripped)
-            trans.commit()
-            committed = True
-            raise
+            read_batches(conn, state, connector, None, full=full, progress=progress, store=store)
+        except ConnectorError as exc:  # what was read is kept, as the batch-by-batch path keeps it
+            stopped = exc
         _complete(conn, state, bulk, stripped)
         trans.commit()
-        committed = True
     except _Refused as exc:
         trans.rollback()
         _forget(summary)
@@ -143,12 +140,13 @@ def read_into_empty(
         )
         read_batches(conn, state, connector, None, full=full, progress=progress)
         return False
-    except BaseException:
-        if not committed:
-            if trans.is_active:
-                trans.rollback()
-            _forget(summary)
+    except BaseException:  # nothing of the load is stored (a failed commit included)
+        if trans.is_active:
+            trans.rollback()
+        _forget(summary)
         raise
+    if stopped is not None:
+        raise stopped
     return True
 
 
@@ -392,13 +390,14 @@ def _apply_deferred(conn: Connection, state: BatchState) -> None:
         upserted, skipped, late = upsert_stage(conn, state)
         if upserted or skipped:
             resolve_staged(conn, state)
-        raws: dict[int, str] = dict(
-            conn.execute(
-                text("SELECT _pos, _raw FROM deferred WHERE _seq = :seq AND _pos = ANY(:p)"),
-                {"seq": seq, "p": [pos for _, _, pos in late]},
-            ).all()
-        )
-        quarantine(conn, state, [(rid, why, raws[pos]) for rid, why, pos in late])
+        if late:
+            raws: dict[int, str] = dict(
+                conn.execute(
+                    text("SELECT _pos, _raw FROM deferred WHERE _seq = :seq AND _pos = ANY(:p)"),
+                    {"seq": seq, "p": [pos for _, _, pos in late]},
+                ).all()
+            )
+            quarantine(conn, state, [(rid, why, raws[pos]) for rid, why, pos in late])
         deletes = conn.execute(
             text("SELECT id FROM deferred_deletes WHERE _seq = :seq"), {"seq": seq}
         ).scalars()

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
-from sqlalchemy import create_engine, text
+from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
 
 from connectors.sandbox.generator import generate_org, write_csv
@@ -53,6 +53,13 @@ def _sync(folder: Path, url: URL) -> subprocess.Popen[bytes]:
     )
 
 
+def _since(engine: Engine, aggregate: str, run_id: int) -> int:
+    """``aggregate`` over the sync_runs rows after ``run_id``: the runs of the sync under test."""
+    with engine.connect() as conn:
+        sql = f"SELECT {aggregate} FROM sync_runs WHERE id > :n"  # noqa: S608 - the test's own SQL
+        return int(conn.execute(text(sql), {"n": run_id}).scalar_one())
+
+
 def _kill_mid_way(folder: Path, url: URL, rng: random.Random, runs_before: int) -> int:
     """Start a sync and SIGKILL it after its n-th commit (n random in 1..3); returns n.
 
@@ -72,23 +79,15 @@ def _kill_mid_way(folder: Path, url: URL, rng: random.Random, runs_before: int) 
                 seen: set[int] = set()
                 deadline = time.monotonic() + 60
                 while time.monotonic() < deadline and proc.poll() is None and len(seen) < commits:
-                    with engine.connect() as conn:
-                        done = conn.execute(
-                            text("SELECT coalesce(sum(rows_read), 0) FROM sync_runs WHERE id > :n"),
-                            {"n": runs_before},
-                        ).scalar_one()
+                    done = _since(engine, "coalesce(sum(rows_read), 0)", runs_before)
                     if done:
                         seen.add(int(done))
                     time.sleep(0.002)
                 proc.send_signal(signal.SIGKILL)
-                if proc.wait(10) == -signal.SIGKILL:
-                    with engine.connect() as conn:
-                        running = conn.execute(
-                            text("SELECT count(*) FROM sync_runs WHERE id > :n AND status = 'running'"),
-                            {"n": runs_before},
-                        ).scalar_one()
-                    if running:
-                        return commits
+                if proc.wait(10) == -signal.SIGKILL and _since(
+                    engine, "count(*) FILTER (WHERE status = 'running')", runs_before
+                ):
+                    return commits
             finally:
                 if proc.poll() is None:
                     proc.kill()

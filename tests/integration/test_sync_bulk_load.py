@@ -82,6 +82,9 @@ def _scripted() -> ScriptedConnector:
                     account(2, owner_id="005O2"),
                     account(3, owner_id="005NOBODY"),
                     account(4, owner_id=""),
+                    # The first assignment's day: today without a modified_at, else its UTC date.
+                    account(7, modified_at=""),
+                    account(8, modified_at="2026-10-01T23:30:00-05:00"),
                     account(5, tier="enterprise"),
                     at=at,
                 ),
@@ -112,9 +115,10 @@ def _scripted() -> ScriptedConnector:
 def test_bulk_load_stores_what_the_batch_path_stores(db: Engine) -> None:
     normal, bulk = _both_ways(db, _scripted)
     assert bulk == normal
-    assert ("001A2", "005O2", "2026-10-01", "2026-10-02", "sync") in [
-        (a, o, str(s), str(e), src) for a, o, s, e, src in bulk["history"]
-    ]
+    history = [(a, o, str(s), str(e), src) for a, o, s, e, src in bulk["history"]]
+    assert ("001A2", "005O2", "2026-10-01", "2026-10-02", "sync") in history
+    assert ("001A7", "005O1", str(NOW.date()), "None", "sync") in history
+    assert ("001A8", "005O1", "2026-10-02", "None", "sync") in history
     assert [r[:3] for r in bulk["quarantine"]] == [
         ("accounts", "001A3", "unknown owner: 005NOBODY"),
         ("accounts", "001A5", "tier outside strategic|growth|core: enterprise"),
@@ -202,11 +206,24 @@ def test_a_table_with_rows_takes_the_batch_path(db: Engine, caplog: pytest.LogCa
     assert rows(db, "SELECT arr FROM accounts WHERE id = '001A1'")[0][0] == 2
 
 
+_REFUSED = "the database refused a row of the bulk load; reading the object again batch by batch"
+
+
+@pytest.mark.parametrize(
+    ("refused", "logged"),
+    [
+        # A new row: the direct COPY fails, the load rolls back and the object is read batch by batch.
+        (account(2, name="forbidden"), [_REFUSED]),
+        # A newer copy of a loaded row: it waits for the key and the upsert refuses it alone.
+        (account(1, name="forbidden", modified_at="2026-10-02T00:00:00Z"), []),
+    ],
+    ids=["new row", "deferred copy"],
+)
 def test_a_row_the_database_refuses_during_a_bulk_load_is_quarantined_alone(
-    db: Engine, caplog: pytest.LogCaptureFixture
+    db: Engine, caplog: pytest.LogCaptureFixture, refused: dict[str, Any], logged: list[str]
 ) -> None:
-    """The direct COPY of a batch fails on a constraint the checks do not know: the load rolls back and
-    the object is read again batch by batch, which quarantines that row alone; both paths end the same."""
+    """A row breaks a constraint the checks do not know; both paths end the same, with that row alone
+    quarantined (and the stored copy of its id kept, when it had one)."""
     with db.begin() as conn:
         conn.execute(
             text("ALTER TABLE accounts ADD CONSTRAINT ck_test_no_forbidden CHECK (name <> 'forbidden')")
@@ -219,8 +236,8 @@ def test_a_row_the_database_refuses_during_a_bulk_load_is_quarantined_alone(
                 {
                     CrmObject.owners: [_batch(owner(1), at=at)],
                     CrmObject.accounts: [
-                        _batch(account(1), account(2, name="forbidden"), account(3), at=at),
-                        _batch(account(4), account(1, arr="9.00", modified_at="2026-10-02T00:00:00Z"), at=at),
+                        _batch(account(1), account(3), at=at),
+                        _batch(account(4), refused, at=at),
                     ],
                 }
             )
@@ -228,12 +245,15 @@ def test_a_row_the_database_refuses_during_a_bulk_load_is_quarantined_alone(
         caplog.set_level("WARNING", logger="connectors.bulk_load")
         normal, bulk = _both_ways(db, make)
         assert bulk == normal
-        assert [r.getMessage() for r in caplog.records if r.name == "connectors.bulk_load"] == [
-            "the database refused a row of the bulk load; reading the object again batch by batch"
+        assert [r.getMessage() for r in caplog.records if r.name == "connectors.bulk_load"] == logged
+        assert [a[:2] for a in bulk["accounts"]] == [
+            ("001A1", "Account 1"),
+            ("001A3", "Account 3"),
+            ("001A4", "Account 4"),
         ]
-        assert [a[0] for a in bulk["accounts"]] == ["001A1", "001A3", "001A4"]
-        ((_, record_id, reason, _, still_open),) = bulk["quarantine"]
-        assert (record_id, still_open) == ("001A2", True)
+        ((_, record_id, reason, raw, still_open),) = bulk["quarantine"]
+        assert (record_id, still_open) == (refused["id"], True)
+        assert raw["name"] == "forbidden"
         assert reason.startswith("constraint:")
         assert "ck_test_no_forbidden" in reason
     finally:
