@@ -11,9 +11,11 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
+import psycopg
 import typer
 from rich.console import Console
 from rich.table import Table
+from sqlalchemy.exc import DBAPIError
 
 from service.errors import ConfigError
 from service.logs import configure_logging
@@ -90,8 +92,7 @@ def migrate(
     from store import migrate as migrations
 
     with open_database(_settings(ctx)) as engine:
-        before = migrations.current(engine)
-        migrations.upgrade(engine, revision)
+        before = migrations.upgrade(engine, revision)
         after = migrations.current(engine)
     typer.echo(f"database at revision {after} (was {before or 'empty'})")
 
@@ -606,4 +607,9 @@ def main() -> None:
         sys.exit(2)
     except StoreError as exc:
         typer.echo(f"territory: database error: {exc}", err=True)
+        sys.exit(1)
+    except (DBAPIError, psycopg.OperationalError) as exc:  # the server went away, or a statement timed out
+        cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
+        reason = (str(cause).strip().splitlines() or ["no reason given"])[0]
+        typer.echo(f"territory: database error: {reason}", err=True)
         sys.exit(1)

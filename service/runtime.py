@@ -6,6 +6,7 @@ import contextlib
 from collections.abc import Iterator
 
 from sqlalchemy import Engine
+from sqlalchemy.engine import URL
 
 from service.settings import Settings
 from store.db import embedded_postgres, ensure_database, make_engine
@@ -13,11 +14,22 @@ from store.db import embedded_postgres, ensure_database, make_engine
 EMBEDDED_DATABASE = "territory"
 
 
+def _engine(url: str | URL, settings: Settings) -> Engine:
+    """An engine on ``url`` with the pool and timeouts of the ``database`` section."""
+    db = settings.database
+    return make_engine(
+        url,
+        pool_size=db.pool_size,
+        connect_timeout=db.connect_timeout_seconds,
+        statement_timeout=db.statement_timeout_seconds,
+    )
+
+
 @contextlib.contextmanager
 def open_embedded(settings: Settings, database: str = EMBEDDED_DATABASE) -> Iterator[Engine]:
     """An engine on ``database`` of the embedded PostgreSQL in ``settings.data_dir``."""
     with embedded_postgres(settings.data_dir) as admin_url:
-        engine = make_engine(ensure_database(admin_url, database), pool_size=settings.database.pool_size)
+        engine = _engine(ensure_database(admin_url, database), settings)
         try:
             yield engine
         finally:
@@ -31,7 +43,7 @@ def open_database(settings: Settings) -> Iterator[Engine]:
         with open_embedded(settings) as engine:
             yield engine
         return
-    engine = make_engine(settings.database_url.get_secret_value(), pool_size=settings.database.pool_size)
+    engine = _engine(settings.database_url.get_secret_value(), settings)
     try:
         yield engine
     finally:

@@ -17,12 +17,13 @@ from typing import Any, Literal
 
 import platformdirs
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from monitor.names import METRICS
 from service.errors import ConfigError
+from store.db import CONNECT_TIMEOUT_SECONDS, STATEMENT_TIMEOUT_SECONDS
 
 if typing.TYPE_CHECKING:
     from monitor.drift import Rule as DriftRule
@@ -32,16 +33,40 @@ ENV_NESTED = "__"
 CONFIG_ENV = "TERRITORY_CONFIG"
 
 
+def _blank_is_unset(model: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
+    """An empty or whitespace-only secret counts as unset: it must never act as a key."""
+    field = model.model_fields.get(info.field_name or "")
+    if field is not None and _is_secret(field.annotation):
+        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
+        if isinstance(raw, str) and not raw.strip():
+            return None
+    return value
+
+
 class Section(BaseModel):
     """A nested settings section: unknown keys are errors, not silently ignored."""
 
     model_config = ConfigDict(extra="forbid")
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _blank_secret(cls, value: Any, info: ValidationInfo) -> Any:
+        return _blank_is_unset(cls, value, info)
 
 
 class DatabaseSettings(Section):
     """Connection pool of the daemon's database (the URL itself is the secret ``database_url``)."""
 
     pool_size: int = Field(5, ge=1, le=100, description="connections kept open per process")
+    connect_timeout_seconds: int = Field(
+        CONNECT_TIMEOUT_SECONDS, ge=1, le=300, description="give up connecting after this long"
+    )
+    statement_timeout_seconds: int = Field(
+        STATEMENT_TIMEOUT_SECONDS,
+        ge=0,
+        le=86_400,
+        description="cancel any statement after this long (0: never)",
+    )
 
 
 class LoggingSettings(Section):
@@ -375,6 +400,11 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _blank_secret(cls, value: Any, info: ValidationInfo) -> Any:
+        return _blank_is_unset(cls, value, info)
 
     @classmethod
     def settings_customise_sources(

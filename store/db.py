@@ -31,13 +31,31 @@ def normalize_url(url: str | URL) -> URL:
     return parsed.set(drivername="postgresql+psycopg")
 
 
-def make_engine(url: str | URL, *, application_name: str = "territory", pool_size: int = 5) -> Engine:
-    """An engine on ``url`` that refuses servers older than PostgreSQL 15."""
+CONNECT_TIMEOUT_SECONDS = 10  # a server that accepts the TCP connection and then says nothing
+STATEMENT_TIMEOUT_SECONDS = 600  # no statement of ours runs this long; a hung one is cut off
+
+
+def make_engine(
+    url: str | URL,
+    *,
+    application_name: str = "territory",
+    pool_size: int = 5,
+    connect_timeout: int = CONNECT_TIMEOUT_SECONDS,
+    statement_timeout: int = STATEMENT_TIMEOUT_SECONDS,
+) -> Engine:
+    """An engine on ``url`` that refuses servers older than PostgreSQL 15.
+
+    Every connection gives up after ``connect_timeout`` seconds, and every statement on it after
+    ``statement_timeout`` seconds (0: no limit), so a database that hangs cannot hang the daemon.
+    """
+    connect_args: dict[str, object] = {
+        "application_name": application_name,
+        "connect_timeout": connect_timeout,
+    }
+    if statement_timeout:
+        connect_args["options"] = f"-c statement_timeout={statement_timeout * 1000}"
     engine = create_engine(
-        normalize_url(url),
-        pool_size=pool_size,
-        pool_pre_ping=True,
-        connect_args={"application_name": application_name},
+        normalize_url(url), pool_size=pool_size, pool_pre_ping=True, connect_args=connect_args
     )
     try:
         with engine.connect() as conn:

@@ -148,3 +148,39 @@ def test_example_documents_every_key_with_its_default() -> None:
     for key in secrets | platform_dependent:
         assert "TERRITORY_" + key.upper().replace(".", "__") in text
     assert load_settings(EXAMPLE).model_dump() == load_settings().model_dump()
+
+
+def _secret_variables(model: type[BaseModel], prefix: str = "TERRITORY_") -> list[str]:
+    """The environment variable of every secret field of ``model``, nested sections included."""
+    found: list[str] = []
+    for name, field in model.model_fields.items():
+        if _is_secret(field.annotation):
+            found.append(prefix + name.upper())
+        elif isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            found += _secret_variables(field.annotation, f"{prefix}{name.upper()}__")
+    return found
+
+
+SECRET_VARIABLES = _secret_variables(Settings)
+
+
+def test_every_secret_is_covered() -> None:
+    assert {"TERRITORY_DATABASE_URL", "TERRITORY_WEBHOOKS__HUBSPOT_CLIENT_SECRET"} <= set(SECRET_VARIABLES)
+
+
+@pytest.mark.parametrize("variable", SECRET_VARIABLES)
+@pytest.mark.parametrize("blank", ["", " ", "\t\n"])
+def test_a_blank_secret_is_unset(variable: str, blank: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(variable, blank)
+    settings = load_settings()
+    node: object = settings
+    for part in variable.removeprefix("TERRITORY_").lower().split("__"):
+        node = getattr(node, part)
+    assert node is None
+
+
+def test_a_secret_with_content_is_kept_as_given(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TERRITORY_WEBHOOKS__HUBSPOT_CLIENT_SECRET", " s3cret ")
+    secret = load_settings().webhooks.hubspot_client_secret
+    assert secret is not None
+    assert secret.get_secret_value() == " s3cret "
