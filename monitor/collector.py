@@ -33,6 +33,13 @@ from store.models import MOVE_WRITEBACK_STATES, PROPOSAL_STATES, RUN_STATUSES
 log = logging.getLogger(__name__)
 
 TERRITORY_LABELS: Final = ("owner_id", "owner", "region")
+MAX_LABEL_CHARS: Final = 128  # CRM names and regions are free text; a label value stays this short
+
+
+def label(value: object) -> str:
+    """A label value from CRM text, cut to ``MAX_LABEL_CHARS`` (an ellipsis marks the cut)."""
+    text_value = str(value)
+    return text_value if len(text_value) <= MAX_LABEL_CHARS else text_value[: MAX_LABEL_CHARS - 1] + "\u2026"
 
 
 @dataclass(frozen=True)
@@ -75,7 +82,9 @@ SERIES_BY_METRIC: Final = {s.metric: s for s in SERIES}
 
 _LATEST_SNAPSHOT = text(
     "SELECT id, as_of, kind, taken_at FROM snapshots "
-    "WHERE (CAST(:as_of AS date) IS NULL OR as_of <= :as_of) "
+    # Without a date, the newest snapshot of a day not in the future (a snapshot dated ahead of the
+    # clock, from a bad --as-of of an older version, is never "the latest").
+    "WHERE as_of <= COALESCE(CAST(:as_of AS date), CAST(now() AT TIME ZONE 'UTC' AS date)) "
     "ORDER BY as_of DESC, taken_at DESC, id DESC LIMIT 1"
 )
 _STORED_BALANCE = text("SELECT metric, stat, value FROM balance_snapshots WHERE snapshot_id = :snapshot_id")
@@ -294,7 +303,7 @@ class TerritoryCollector(Collector):
         )
         chosen = values.loc[values.index.isin(exported)]
         keys = [
-            [str(owner_id), str(name), str(region)]
+            [label(owner_id), label(name), label(region)]
             for owner_id, name, region in zip(
                 chosen.index.tolist(), chosen["name"].tolist(), chosen["region"].tolist(), strict=True
             )
@@ -366,7 +375,7 @@ class TerritoryCollector(Collector):
         for row in rows:
             if row.owner_id not in exported:
                 continue
-            key = [row.owner_id, row.name, row.region, row.rule, row.metric]
+            key = [label(v) for v in (row.owner_id, row.name, row.region, row.rule, row.metric)]
             first_seen.add_metric(key, date_seconds(row.first_seen))
             dev = number(row.deviation)
             if dev is not None:

@@ -63,6 +63,17 @@ def _settings(ctx: typer.Context) -> Settings:
     return settings
 
 
+def _as_of_day(as_of: dt.datetime | None) -> dt.date | None:
+    """The ``--as-of`` day, refused (one line, exit 2) when it lies after today (UTC)."""
+    if as_of is None:
+        return None
+    today = dt.datetime.now(dt.UTC).date()
+    if as_of.date() > today:
+        typer.echo(f"territory: --as-of {as_of.date()} is in the future (today is {today}, UTC)", err=True)
+        raise typer.Exit(2)
+    return as_of.date()
+
+
 def _emit_json(value: Any) -> None:
     sys.stdout.write(json.dumps(value, indent=2, default=str) + "\n")
 
@@ -309,7 +320,7 @@ def health(
     from store.errors import DatabaseError
 
     settings = _settings(ctx)
-    day = as_of.date() if as_of is not None else dt.datetime.now(dt.UTC).date()
+    day = _as_of_day(as_of) or dt.datetime.now(dt.UTC).date()
     if backfill_months is not None and not save:
         raise typer.BadParameter("--backfill writes snapshots; it cannot be combined with --no-save")
     with open_database(settings) as engine:
@@ -583,10 +594,11 @@ def report(
     from monitor.report_data import load_report
 
     settings = _settings(ctx)
+    day = _as_of_day(as_of)
     with open_database(settings) as engine, engine.connect() as conn:
         data = load_report(
             conn,
-            as_of=as_of.date() if as_of is not None else None,
+            as_of=day,
             rules=settings.rules.drift_rules(),
             generated_at=dt.datetime.now(dt.UTC),
         )

@@ -134,3 +134,15 @@ def test_unreachable_database_is_one_line_and_exit_1() -> None:
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("territory: database error:")
+
+
+@pytest.mark.parametrize("command", [["health"], ["report", "--out", "report.html"]])
+def test_a_future_as_of_is_refused_with_one_line(command: list[str], tmp_path: Path) -> None:
+    result = run(
+        *command, "--as-of", "2999-01-01", env={"TERRITORY_DATABASE_URL": "postgresql://x@127.0.0.1:1/x"}
+    )
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("territory: --as-of 2999-01-01 is in the future (today is ")
+    assert not (tmp_path / "report.html").exists()

@@ -16,7 +16,7 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, insert, text
 
-from monitor.collector import TerritoryCollector, date_seconds, register, worst_first
+from monitor.collector import MAX_LABEL_CHARS, TerritoryCollector, date_seconds, label, register, worst_first
 from monitor.drift import DEFAULT_RULES
 from monitor.names import METRICS
 from store.bulk import copy_frame
@@ -420,3 +420,33 @@ def test_scrape_of_a_generated_org_of_2000_territories(db: Engine) -> None:
     # CPU time of this process (queries, frames, exposition), not wall time: the shared 2-core test
     # machine's load must not make the test flaky; the wall time is the figure bench/ quotes
     assert cpu < 1.0
+
+
+def test_a_snapshot_dated_in_the_future_is_never_the_latest(db: Engine) -> None:
+    seed(db, NOW)
+    with db.begin() as conn:
+        ahead = conn.execute(
+            insert(Snapshot).returning(Snapshot.id),
+            {"as_of": dt.date(2099, 1, 1), "kind": "on_demand", "taken_at": NOW},
+        ).scalar_one()
+        conn.execute(
+            insert(MetricSnapshot),
+            [{"snapshot_id": ahead, "owner_id": "o3", "metric": "potential", "value": 1.0}],
+        )
+    reg = scraped(_registry_on(db))
+    assert sample(reg, "territory_snapshot_as_of_timestamp_seconds") == date_seconds(NOW.date())
+    assert sample(reg, "territory_potential", **territory("o3")) == 160.0
+
+
+def _registry_on(db: Engine) -> CollectorRegistry:
+    reg = CollectorRegistry()
+    register(reg, db, job_intervals=JOB_INTERVALS)
+    return reg
+
+
+def test_label_values_from_crm_text_are_capped() -> None:
+    assert label("Ada Lovelace") == "Ada Lovelace"
+    assert label("x" * MAX_LABEL_CHARS) == "x" * MAX_LABEL_CHARS
+    cut = label("y" * 5000)
+    assert len(cut) == MAX_LABEL_CHARS
+    assert cut == "y" * (MAX_LABEL_CHARS - 1) + "\u2026"
