@@ -11,6 +11,8 @@ import contextlib
 import datetime as dt
 import hashlib
 import logging
+import math
+import time
 from collections.abc import AsyncIterator, Callable
 from typing import Protocol
 
@@ -18,18 +20,18 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, H
 from sqlalchemy import Engine, text
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from service import webhooks
+from service.http_limits import BodyLimit
 from service.scheduler import SyncRequest, queue_sync_requests
 from service.settings import Settings
 from store import migrate
 
 log = logging.getLogger(__name__)
-
-MAX_WEBHOOK_BYTES = 1_000_000  # HubSpot batches up to 100 events; far below this
 
 
 class SchedulerView(Protocol):
@@ -96,6 +98,30 @@ class RequestWriter:
                 await self._task
 
 
+class SharedRendering:
+    """One rendering of the exposition at a time, reused for ``max_age`` seconds.
+
+    However many scrapes arrive together, one thread renders and the rest wait for its result, so
+    scrapes never fill the thread pool that /readyz needs, nor the database's connections.
+    """
+
+    def __init__(self, render: Callable[[], bytes], max_age: float) -> None:
+        self._render = render
+        self._max_age = max_age
+        self._lock = asyncio.Lock()
+        self._data = b""
+        self._at = -math.inf
+
+    async def get(self) -> bytes:
+        """The latest rendering, rendering anew once it is older than ``max_age``."""
+        async with self._lock:
+            now = time.monotonic()
+            if now - self._at >= self._max_age or self._max_age == 0:
+                self._data = await run_in_threadpool(self._render)
+                self._at = time.monotonic()
+            return self._data
+
+
 def create_app(
     settings: Settings,
     engine: Engine,
@@ -128,10 +154,7 @@ def create_app(
             if secret is None:
                 deliveries.labels("not_configured").inc()
                 return JSONResponse({"error": "webhooks are not configured"}, status_code=503)
-            body = await request.body()
-            if len(body) > MAX_WEBHOOK_BYTES:
-                deliveries.labels("too_large").inc()
-                return JSONResponse({"error": "body too large"}, status_code=413)
+            body = await request.body()  # bounded by BodyLimit before it gets here
             uri = str(request.url)
             if settings.webhooks.public_url:
                 query = request.url.query
@@ -170,9 +193,10 @@ def create_app(
             log.info("webhook queued a sync", extra={"objects": objects, "duplicate": not new})
             return JSONResponse({"queued": objects, "duplicate": not new, "ignored": batch.ignored})
 
+    exposition = SharedRendering(lambda: generate_latest(registry), settings.server.metrics_cache_seconds)
+
     async def metrics(request: Request) -> Response:
-        data = await run_in_threadpool(generate_latest, registry)
-        return Response(data, media_type=CONTENT_TYPE_LATEST)
+        return Response(await exposition.get(), media_type=CONTENT_TYPE_LATEST)
 
     async def healthz(request: Request) -> Response:
         age = scheduler.heartbeat_age()
@@ -207,8 +231,14 @@ def create_app(
         yield
         await writer.close()
 
+    limits = Middleware(
+        BodyLimit,
+        max_bytes=settings.server.max_body_bytes,
+        body_timeout=settings.server.body_timeout_seconds,
+    )
     return Starlette(
         lifespan=lifespan,
+        middleware=[limits],
         routes=[
             Route("/webhooks/hubspot", hubspot_webhook, methods=["POST"]),
             Route("/metrics", metrics, methods=["GET"]),

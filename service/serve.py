@@ -27,6 +27,7 @@ from sqlalchemy import Engine, text
 
 from connectors.base import CrmObject
 from service.app import create_app
+from service.http_limits import protocol
 from service.runtime import open_database
 from service.scheduler import (
     JobContext,
@@ -257,6 +258,7 @@ def serve(settings: Settings) -> None:
             lifespan="on",
             log_config=None,
             access_log=False,
+            http=protocol(settings.server.header_timeout_seconds),
             timeout_graceful_shutdown=max(1, int(min(HTTP_DRAIN_SECONDS, grace / 3))),
         )
         server = _Server(config, scheduler.begin_shutdown)

@@ -89,6 +89,16 @@ class ServerSettings(Section):
 
     host: str = "127.0.0.1"
     port: int = Field(8080, ge=1, le=65535)
+    max_body_bytes: int = Field(
+        1_000_000, ge=1024, le=100_000_000, description="larger request bodies are refused (413)"
+    )
+    body_timeout_seconds: float = Field(30.0, gt=0, le=600, description="a body slower than this gets a 408")
+    header_timeout_seconds: float = Field(
+        10.0, gt=0, le=600, description="a client slower than this with its headers is disconnected"
+    )
+    metrics_cache_seconds: float = Field(
+        1.0, ge=0, le=60, description="concurrent scrapes within this long share one rendering"
+    )
 
 
 class SchedulerSettings(Section):

@@ -128,12 +128,35 @@ def _object_of(event: Mapping[str, Any]) -> CrmObject | None:
     return _PREFIXES.get(prefix)
 
 
+MAX_JSON_DEPTH = 16  # HubSpot's event arrays are two levels deep
+
+
+def json_depth(value: object) -> int:
+    """How deeply arrays and objects nest in a parsed JSON value (a scalar is 0), without recursion."""
+    deepest = 0
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        node, depth = stack.pop()
+        children = node.values() if isinstance(node, dict) else node if isinstance(node, list) else None
+        if children is None:
+            continue
+        deepest = max(deepest, depth + 1)
+        if deepest > MAX_JSON_DEPTH:
+            return deepest  # deep enough to refuse; no need to walk the rest
+        stack.extend((child, depth + 1) for child in children)
+    return deepest
+
+
 def parse_events(body: bytes) -> EventBatch:
     """The objects a batch of events changed (companies: accounts; deals: opportunities)."""
     try:
         events = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BadPayload(f"not JSON: {exc}") from None
+    except RecursionError:
+        raise BadPayload(f"JSON nested deeper than {MAX_JSON_DEPTH} levels") from None
+    if json_depth(events) > MAX_JSON_DEPTH:
+        raise BadPayload(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     if not isinstance(events, list) or not all(isinstance(e, dict) for e in events):
         raise BadPayload("expected a JSON array of event objects")
     objects: set[CrmObject] = set()
