@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import psycopg
+import psycopg.errors
 import typer
 from rich.console import Console
 from rich.table import Table
@@ -620,8 +621,15 @@ def main() -> None:
     except StoreError as exc:
         typer.echo(f"territory: database error: {exc}", err=True)
         sys.exit(1)
-    except (DBAPIError, psycopg.OperationalError) as exc:  # the server went away, or a statement timed out
+    except (DBAPIError, psycopg.Error) as exc:  # the server went away, a statement timed out, no schema
         cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
         reason = (str(cause).strip().splitlines() or ["no reason given"])[0]
+        if isinstance(cause, psycopg.errors.UndefinedTable):
+            reason = f"the database is not migrated ({reason}); run `territory migrate`"
         typer.echo(f"territory: database error: {reason}", err=True)
         sys.exit(1)
+    except OSError as exc:  # an output path that is missing, a directory, read-only, or a full disk
+        where = f"{exc.filename}: " if exc.filename else ""
+        typer.echo(f"territory: {where}{exc.strerror or exc}", err=True)
+        usage = (FileNotFoundError, FileExistsError, IsADirectoryError, NotADirectoryError)
+        sys.exit(2 if isinstance(exc, usage) else 1)

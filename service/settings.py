@@ -358,6 +358,14 @@ class SalesforceSettings(Section):
     security_token: SecretStr | None = Field(None, description="API user's security token (environment only)")
     api_version: str = Field("59.0", pattern=r"^\d+\.\d$", description="REST API version, without the v")
     ca_bundle: Path | None = Field(None, description="CA file to trust instead of the system's (the sandbox)")
+
+    @field_validator("ca_bundle")
+    @classmethod
+    def _ca_bundle_exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.is_file():
+            raise ValueError(f"no CA file at {value}")
+        return value
+
     lookback_seconds: int = Field(
         0, ge=0, le=86_400, description="extra re-read before the cursor, on top of sync.lookback_seconds"
     )
@@ -482,6 +490,13 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"config file {path} does not exist") from None
     except OSError as exc:
         raise ConfigError(f"config file {path} cannot be read: {exc.strerror}") from None
+    except UnicodeDecodeError as exc:
+        raw_bytes = path.read_bytes()[: exc.start]
+        line = raw_bytes.count(b"\n") + 1
+        column = exc.start - (raw_bytes.rfind(b"\n") + 1) + 1
+        raise ConfigError(
+            f"{path}: line {line}, column {column}: not UTF-8 (byte 0x{exc.object[exc.start]:02x})"
+        ) from None
     try:
         data = yaml.safe_load(raw)
     except yaml.YAMLError as exc:
@@ -527,8 +542,31 @@ def _describe(error: Mapping[str, Any], path: Path | None, data: Mapping[str, An
     return f"{origin}: {key}: {error['msg']}{shown}"
 
 
+# Variables with our prefix that are not settings: the config file's path, and the test suite's, the
+# benchmarks' and the tool installer's own.
+NOT_SETTINGS_ENV: tuple[str, ...] = (CONFIG_ENV,)
+NOT_SETTINGS_ENV_PREFIXES: tuple[str, ...] = ("TERRITORY_TEST_", "TERRITORY_BENCH_", "TERRITORY_TOOLS_")
+
+
+def _unknown_environment(environ: Mapping[str, str]) -> str | None:
+    """The first ``TERRITORY_`` variable that names no top-level setting, as an error line."""
+    fields = Settings.model_fields
+    for name in sorted(environ):
+        if not name.startswith(ENV_PREFIX) or name in NOT_SETTINGS_ENV:
+            continue
+        if name.startswith(NOT_SETTINGS_ENV_PREFIXES):
+            continue
+        key = name.removeprefix(ENV_PREFIX).split(ENV_NESTED, 1)[0].lower()
+        if key not in fields:
+            return f"environment {name}: {key}: unknown key"
+    return None
+
+
 def load_settings(config_path: Path | None = None) -> Settings:
     """Build the settings from ``config_path`` (or ``$TERRITORY_CONFIG``) and the environment."""
+    unknown = _unknown_environment(os.environ)
+    if unknown is not None:
+        raise ConfigError(unknown)
     if config_path is None and os.environ.get(CONFIG_ENV):
         config_path = Path(os.environ[CONFIG_ENV])
     data = read_config_file(config_path) if config_path is not None else {}

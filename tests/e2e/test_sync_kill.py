@@ -31,8 +31,8 @@ from tests.pg import url_text
 pytestmark = pytest.mark.e2e
 
 TERRITORY = str(Path(sys.executable).with_name("territory"))
-SEED = int(os.environ.get("TERRITORY_KILL_TEST_SEED", "20261123"))
-KILLS_PER_ROUND = int(os.environ.get("TERRITORY_KILL_TEST_KILLS", "1"))
+SEED = int(os.environ.get("TERRITORY_TEST_KILL_SEED", "20261123"))
+KILLS_PER_ROUND = int(os.environ.get("TERRITORY_TEST_KILLS", "1"))
 
 
 def _env(url: URL) -> dict[str, str]:

@@ -1,0 +1,118 @@
+"""No traceback reaches a user: each bad input ends in one line and the documented exit status
+(2 for configuration and usage, 1 for an operational failure)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from sqlalchemy import insert
+from sqlalchemy.engine import URL
+
+from store import migrate
+from store.db import make_engine
+from store.models import Owner, Snapshot
+from tests.pg import url_text
+
+pytestmark = pytest.mark.e2e
+
+TERRITORY = str(Path(sys.executable).with_name("territory"))
+
+
+def _territory(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    base = {k: v for k, v in os.environ.items() if not k.startswith("TERRITORY_")}
+    return subprocess.run(
+        [TERRITORY, *args], capture_output=True, text=True, env=base | (env or {}), timeout=120, check=False
+    )
+
+
+def _one_line(result: subprocess.CompletedProcess[str], status: int) -> str:
+    assert result.returncode == status, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert "Traceback" not in result.stderr
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def reported_database(fresh_database: Callable[[], URL]) -> str:
+    """A migrated database holding one snapshot, so that `territory report` gets as far as writing."""
+    url = fresh_database()
+    engine = make_engine(url)
+    try:
+        migrate.upgrade(engine)
+        with engine.begin() as conn:
+            conn.execute(insert(Owner), [{"id": "o1", "name": "Ada", "active": True, "capacity": 100}])
+            conn.execute(
+                insert(Snapshot),
+                {
+                    "as_of": dt.date(2026, 11, 1),
+                    "kind": "monthly",
+                    "taken_at": dt.datetime(2026, 11, 1, tzinfo=dt.UTC),
+                },
+            )
+    finally:
+        engine.dispose()
+    return url_text(url)
+
+
+def test_a_config_file_that_is_not_utf8_names_the_line_and_column(tmp_path: Path) -> None:
+    config = tmp_path / "territory.yaml"
+    config.write_bytes(b"demo:\n  seed: \xff\xfe\n")
+    line = _one_line(_territory("--config", str(config), "config", "show"), 2)
+    assert line == f"territory: config error: {config}: line 2, column 9: not UTF-8 (byte 0xff)"
+
+
+def test_an_environment_variable_of_no_section_is_refused() -> None:
+    line = _one_line(_territory("config", "show", env={"TERRITORY_SALESFORSE__USERNAME": "x"}), 2)
+    assert (
+        line == "territory: config error: environment TERRITORY_SALESFORSE__USERNAME: salesforse: unknown key"
+    )
+
+
+def test_a_ca_bundle_that_does_not_exist_is_refused_when_settings_load(tmp_path: Path) -> None:
+    missing = tmp_path / "ca.pem"
+    line = _one_line(_territory("config", "show", env={"TERRITORY_SALESFORCE__CA_BUNDLE": str(missing)}), 2)
+    assert line.startswith("territory: config error: environment TERRITORY_SALESFORCE__CA_BUNDLE:")
+    assert f"no CA file at {missing}" in line
+
+
+def test_a_database_that_is_not_migrated_says_to_migrate(
+    fresh_database: Callable[[], URL], tmp_path: Path
+) -> None:
+    env = {"TERRITORY_DATABASE_URL": url_text(fresh_database())}
+    line = _one_line(_territory("report", "--out", str(tmp_path / "r.html"), env=env), 1)
+    assert line.startswith("territory: database error: the database is not migrated (")
+    assert line.endswith("run `territory migrate`")
+
+
+def test_an_export_into_a_path_that_is_a_file_is_a_usage_error(tmp_path: Path) -> None:
+    target = tmp_path / "export"
+    target.write_text("not a folder\n")
+    result = _territory("sandbox", "export", "--accounts", "10", "--reps", "2", "--out", str(target))
+    assert _one_line(result, 2) == f"territory: {target}: File exists"
+    assert target.read_text() == "not a folder\n"
+
+
+@pytest.mark.parametrize(
+    ("out", "status", "message"),
+    [
+        ("missing/report.html", 2, "No such file or directory"),
+        (".", 2, "Is a directory"),
+        ("/dev/full", 1, "No space left on device"),
+    ],
+)
+def test_a_report_that_cannot_be_written_is_one_line(
+    reported_database: str, tmp_path: Path, out: str, status: int, message: str
+) -> None:
+    target = out if out.startswith("/") else str(tmp_path / out)
+    line = _one_line(
+        _territory("report", "--out", target, env={"TERRITORY_DATABASE_URL": reported_database}), status
+    )
+    assert line.startswith("territory: ")
+    assert line.endswith(message)
