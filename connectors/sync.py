@@ -74,6 +74,32 @@ class HistorySource(Protocol):
         ...
 
 
+DEFAULT_MAX_DELETE_SHARE = 0.10
+
+
+@dataclass(frozen=True)
+class DeleteGuard:
+    """How much of an object's live rows one full export may delete (docs/sync.md, "Mass deletes")."""
+
+    max_share: float = DEFAULT_MAX_DELETE_SHARE
+    allow_mass_delete: bool = False
+
+
+DEFAULT_GUARD = DeleteGuard()
+
+
+class MassDeleteRefused(Exception):
+    """A full export would delete more than the guard allows: nothing of that object is deleted."""
+
+    def __init__(self, table: str, would_delete: int, live: int, guard: DeleteGuard) -> None:
+        super().__init__(
+            f"refused to delete {would_delete:,} of {live:,} live {table} "
+            f"({would_delete / live:.0%}, over the {guard.max_share:.0%} limit); "
+            "if the export is complete, rerun with --allow-mass-delete"
+        )
+        self.would_delete = would_delete
+
+
 @dataclass(frozen=True)
 class SyncSummary:
     """The result of :func:`run_sync`: one entry per object attempted, in sync order."""
@@ -128,6 +154,7 @@ def run_sync(
     lookback: dt.timedelta = DEFAULT_LOOKBACK,
     roster: pd.DataFrame | None = None,
     bulk_load: bool = True,
+    delete_guard: DeleteGuard = DEFAULT_GUARD,
 ) -> SyncSummary:
     """Sync ``objects`` of ``connector`` into the store; stops at the first object that fails or stops.
 
@@ -160,7 +187,7 @@ def run_sync(
                 )
             for obj in ordered:
                 summary = _sync_object(
-                    engine, connector, obj, full, progress, now, lookback, roster, bulk_load
+                    engine, connector, obj, full, progress, now, lookback, roster, bulk_load, delete_guard
                 )
                 results.append(summary)
                 if summary.status != "succeeded":
@@ -181,6 +208,7 @@ def _sync_object(
     lookback: dt.timedelta,
     roster: pd.DataFrame | None,
     bulk_load: bool = True,
+    delete_guard: DeleteGuard = DEFAULT_GUARD,
 ) -> ObjectSummary:
     """One object's run: its sync_runs row, its batches, its deletes sweep, its final status."""
     source = connector.source
@@ -216,7 +244,8 @@ def _sync_object(
                 with conn.begin():
                     relaxed_commit(conn)
                     t0 = time.perf_counter()
-                    summary.rows_deleted += _sweep_deletes(conn, state, connector.snapshot_ids(obj))
+                    ids = connector.snapshot_ids(obj)
+                    summary.rows_deleted += _sweep_deletes(conn, state, ids, delete_guard)
                     summary.db_seconds += time.perf_counter() - t0
             if obj is CrmObject.accounts and isinstance(connector, HistorySource):
                 with conn.begin():
@@ -225,6 +254,9 @@ def _sync_object(
                         _seed_history(conn, state, connector.history())
                     _open_missing_history(conn, state)
         summary.status = "succeeded"
+    except MassDeleteRefused as exc:
+        summary.status, summary.error = "refused", str(exc)
+        log.error("sync refused a mass delete", extra={**extra, "would_delete": exc.would_delete})  # noqa: TRY400
     except QuotaExhausted as exc:
         summary.status, summary.error = "stopped", str(exc)
         log.warning("sync stopped: API quota", extra={**extra, "error": str(exc)})
@@ -283,8 +315,11 @@ def _id_chunks(chunks: Iterable[Sequence[str]]) -> Iterator[bytes]:
         yield frame.to_csv(header=False, index=False).encode()
 
 
-def _sweep_deletes(conn: Connection, state: BatchState, ids: Iterable[Sequence[str]]) -> int:
-    """Soft-delete stored rows absent from a full snapshot's ids; refuses an export with no id at all."""
+def _sweep_deletes(
+    conn: Connection, state: BatchState, ids: Iterable[Sequence[str]], guard: DeleteGuard
+) -> int:
+    """Soft-delete stored rows absent from a full snapshot's ids; refuses an export with no id at all,
+    and one that would delete more of the live rows than ``guard`` allows (raises, deleting nothing)."""
     conn.execute(text("CREATE TEMP TABLE present (id text) ON COMMIT DROP"))
     copy_csv(conn, "present", ["id"], _id_chunks(ids))
     count = int(conn.execute(text("SELECT count(*) FROM present")).scalar_one())
@@ -297,16 +332,16 @@ def _sweep_deletes(conn: Connection, state: BatchState, ids: Iterable[Sequence[s
         )
         return 0
     conn.execute(text("ANALYZE present"))
-    if state.obj is CrmObject.owners:
-        sql = (
-            "UPDATE owners t SET active = false, synced_at = now() WHERE t.active "
-            "AND NOT EXISTS (SELECT 1 FROM present p WHERE p.id = t.id)"
-        )
-    else:
-        sql = (
-            f"UPDATE {table} t SET deleted = true, synced_at = now() WHERE NOT t.deleted "  # noqa: S608
-            "AND NOT EXISTS (SELECT 1 FROM present p WHERE p.id = t.id)"
-        )
+    live = "t.active" if state.obj is CrmObject.owners else "NOT t.deleted"
+    absent = "NOT EXISTS (SELECT 1 FROM present p WHERE p.id = t.id)"
+    counts = conn.execute(
+        text(f"SELECT count(*), count(*) FILTER (WHERE {absent}) FROM {table} t WHERE {live}")  # noqa: S608
+    ).one()
+    total, would = int(counts[0]), int(counts[1])
+    if would and not guard.allow_mass_delete and would > guard.max_share * total:
+        raise MassDeleteRefused(table, would, total, guard)
+    gone = "active = false" if state.obj is CrmObject.owners else "deleted = true"
+    sql = f"UPDATE {table} t SET {gone}, synced_at = now() WHERE {live} AND {absent}"  # noqa: S608
     deleted = int(conn.execute(text(sql)).rowcount)
     conn.execute(
         text("UPDATE sync_runs SET rows_deleted = rows_deleted + :d WHERE id = :id"),

@@ -28,7 +28,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from monitor.balance import STATS, balance
 from monitor.drift import DEFAULT_RULES, Rule, RuleKind, evaluate, outside_band
 from monitor.names import METRICS
-from store.models import MOVE_WRITEBACK_STATES, PROPOSAL_STATES, RUN_STATUSES
+from store.models import MOVE_WRITEBACK_STATES, PROPOSAL_STATES, RUN_STATUSES, SYNC_RUN_STATUSES
 
 log = logging.getLogger(__name__)
 
@@ -409,7 +409,7 @@ class TerritoryCollector(Collector):
             sums = totals.setdefault(key, dict.fromkeys(kinds, 0.0))
             for kind in kinds:
                 sums[kind] += float(getattr(row, f"rows_{kind}") or 0)
-            statuses.setdefault(key, dict.fromkeys(RUN_STATUSES, 0.0))[row.status] = float(row.runs)
+            statuses.setdefault(key, dict.fromkeys(SYNC_RUN_STATUSES, 0.0))[row.status] = float(row.runs)
             if row.status == "succeeded" and row.last_finished is not None:
                 last_success.add_metric(list(key), row.last_finished.timestamp())
         for key in sorted(totals):

@@ -47,6 +47,10 @@ app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(config_app, name="config")
 
 
+# `territory sync`'s exit status by the run's status (docs/sync.md); anything else not succeeded is 1.
+SYNC_EXIT = {"succeeded": 0, "stopped": 3, "refused": 4}
+
+
 class OutputFormat(enum.StrEnum):
     """How a command prints its result."""
 
@@ -516,6 +520,13 @@ def sync(
         Path | None, typer.Option(help="folder of the CSV export (--source csv)", show_default=False)
     ] = None,
     full: Annotated[bool, typer.Option("--full", help="read everything, not only what changed")] = False,
+    allow_mass_delete: Annotated[
+        bool,
+        typer.Option(
+            "--allow-mass-delete",
+            help="let a full export delete more than sync.max_delete_share of an object",
+        ),
+    ] = False,
     output: FormatOption = OutputFormat.table,
 ) -> None:
     """Pull owners, accounts and opportunities from the CRM into PostgreSQL (docs/sync.md).
@@ -556,6 +567,7 @@ def sync(
                 now=dt.datetime.now(dt.UTC),
                 lookback=dt.timedelta(seconds=settings.sync.lookback_seconds),
                 roster=roster,
+                delete_guard=settings.sync.delete_guard(allow_mass_delete),
             )
         except SyncBusyError as exc:
             typer.echo(f"territory: {exc}", err=True)
@@ -565,7 +577,7 @@ def sync(
     else:
         typer.echo(summary.one_line())
     if summary.status != "succeeded":
-        raise typer.Exit(3 if summary.status == "stopped" else 1)
+        raise typer.Exit(SYNC_EXIT.get(summary.status, 1))
 
 
 @app.command()

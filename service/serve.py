@@ -83,6 +83,7 @@ def sync_job(
         now=ctx.now,
         lookback=dt.timedelta(seconds=settings.sync.lookback_seconds),
         roster=roster,
+        delete_guard=settings.sync.delete_guard(),
     )
     details = summary.as_dict()
     changed = summary.total("rows_upserted") + summary.total("rows_deleted")

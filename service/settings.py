@@ -21,6 +21,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, V
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from connectors.sync import DeleteGuard
 from monitor.names import METRICS
 from service.errors import ConfigError
 from store.db import CONNECT_TIMEOUT_SECONDS, STATEMENT_TIMEOUT_SECONDS
@@ -229,6 +230,14 @@ class SyncSettings(Section):
     roster: Path | None = Field(
         None, description="CSV of capacity, home location, quota, region, team per owner id or email"
     )
+    max_delete_share: float = Field(
+        0.10, ge=0, le=1, description="a full export deleting more of an object's live rows is refused"
+    )
+    allow_mass_delete: bool = Field(False, description="let full exports delete past max_delete_share")
+
+    def delete_guard(self, allow: bool = False) -> DeleteGuard:
+        """The mass-delete guard of these settings; ``allow`` is the CLI's --allow-mass-delete."""
+        return DeleteGuard(self.max_delete_share, self.allow_mass_delete or allow)
 
 
 class HubSpotCompanyProperties(Section):

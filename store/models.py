@@ -53,6 +53,7 @@ PROPOSAL_STATES = (
 MOVE_WRITEBACK_STATES = ("pending", "written", "conflict", "failed", "skipped")
 SNAPSHOT_KINDS = ("monthly", "on_demand", "event", "backfill")
 RUN_STATUSES = ("running", "succeeded", "failed", "interrupted", "stopped")
+SYNC_RUN_STATUSES = (*RUN_STATUSES, "refused")  # refused: a full export over the mass-delete guard
 
 Money = Numeric(18, 2)
 Share = Numeric(5, 4)
@@ -339,7 +340,7 @@ class SyncRun(Base):
 
     __tablename__ = "sync_runs"
     __table_args__ = (
-        CheckConstraint(_in("status", RUN_STATUSES), name="status_known"),
+        CheckConstraint(_in("status", SYNC_RUN_STATUSES), name="status_known"),
         Index(None, "source", "object", "started_at"),
     )
 

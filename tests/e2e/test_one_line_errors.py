@@ -116,3 +116,30 @@ def test_a_report_that_cannot_be_written_is_one_line(
     )
     assert line.startswith("territory: ")
     assert line.endswith(message)
+
+
+def test_a_cut_export_is_refused_by_the_cli_and_allowed_on_request(
+    fresh_database: Callable[[], URL], tmp_path: Path
+) -> None:
+    url = fresh_database()
+    engine = make_engine(url)
+    try:
+        migrate.upgrade(engine)
+    finally:
+        engine.dispose()
+    env = {"TERRITORY_DATABASE_URL": url_text(url)}
+    folder = tmp_path / "export"
+    exported = _territory("sandbox", "export", "--accounts", "200", "--reps", "4", "--out", str(folder))
+    assert exported.returncode == 0, exported.stderr
+    first = _territory("sync", "--source", "csv", "--path", str(folder), env=env)
+    assert first.returncode == 0, first.stderr
+    accounts = folder / "accounts.csv"
+    header, kept, *_ = accounts.read_text(encoding="utf-8").splitlines()
+    accounts.write_text(f"{header}\n{kept}\n", encoding="utf-8")  # cut to its header and one row
+    refused = _territory("sync", "--source", "csv", "--path", str(folder), env=env)
+    assert refused.returncode == 4, refused.stderr
+    assert refused.stdout.strip().startswith("csv sync refused:")
+    assert "refused to delete 199 of 200 live accounts" in refused.stdout
+    allowed = _territory("sync", "--source", "csv", "--path", str(folder), "--allow-mass-delete", env=env)
+    assert allowed.returncode == 0, allowed.stderr
+    assert "199 deleted" in allowed.stdout

@@ -17,7 +17,7 @@ from connectors.base import CrmObject, Cursor
 from connectors.csv_files import FILES, CsvConnector
 from connectors.errors import ConnectorConfigError
 from connectors.sandbox.generator import Org, generate_org, write_csv
-from connectors.sync import SyncSummary, run_sync
+from connectors.sync import DEFAULT_GUARD, DeleteGuard, SyncSummary, run_sync
 
 pytestmark = pytest.mark.integration
 
@@ -80,8 +80,19 @@ def opportunity(i: int, account_id: str = "001A1", **kw: Any) -> dict[str, Any]:
     } | kw
 
 
-def sync(engine: Engine, folder: Path, *, full: bool = False, chunk_rows: int = 1000) -> SyncSummary:
-    return run_sync(engine, CsvConnector(folder, chunk_rows=chunk_rows), full=full, now=NOW)
+def sync(
+    engine: Engine,
+    folder: Path,
+    *,
+    full: bool = False,
+    chunk_rows: int = 1000,
+    guard: DeleteGuard = DEFAULT_GUARD,
+) -> SyncSummary:
+    connector = CsvConnector(folder, chunk_rows=chunk_rows)
+    return run_sync(engine, connector, full=full, now=NOW, delete_guard=guard)
+
+
+ALLOW = DeleteGuard(allow_mass_delete=True)  # tests of what a delete does, on exports of a few rows
 
 
 def rows(engine: Engine, sql: str, **params: Any) -> list[tuple[Any, ...]]:
@@ -202,7 +213,7 @@ def test_ids_missing_from_a_full_export_are_deleted(db: Engine, tmp_path: Path) 
     )
     sync(db, folder)
     write_export(folder, owners=[owner(1)], accounts=[account(1), account(3)], opportunities=[opportunity(2)])
-    summary = sync(db, folder)
+    summary = sync(db, folder, guard=ALLOW)
     assert summary.status == "succeeded"
     deleted = {o.object: o.rows_deleted for o in summary.objects}
     assert deleted == {"owners": 1, "accounts": 1, "opportunities": 1}
@@ -213,6 +224,53 @@ def test_ids_missing_from_a_full_export_are_deleted(db: Engine, tmp_path: Path) 
     write_export(folder, owners=[owner(1)], accounts=[account(1), account(2), account(3)])
     sync(db, folder)
     assert rows(db, "SELECT count(*) FROM accounts WHERE deleted") == [(0,)]
+
+
+def test_an_export_cut_short_deletes_nothing_and_is_refused(db: Engine, tmp_path: Path) -> None:
+    folder = write_export(
+        tmp_path / "x",
+        owners=[owner(i) for i in range(1, 4)],
+        accounts=[account(i) for i in range(1, 501)],
+        opportunities=[opportunity(i) for i in range(1, 41)],
+    )
+    sync(db, folder)
+    # The export is cut to its header and one row: 499 of 500 accounts would go.
+    write_export(
+        folder, owners=[owner(i) for i in range(1, 4)], accounts=[account(1)], opportunities=[opportunity(1)]
+    )
+    summary = sync(db, folder)
+    assert summary.status == "refused"
+    accounts = next(o for o in summary.objects if o.object == "accounts")
+    assert accounts.status == "refused"
+    assert accounts.rows_deleted == 0
+    assert accounts.error == (
+        "refused to delete 499 of 500 live accounts (100%, over the 10% limit); "
+        "if the export is complete, rerun with --allow-mass-delete"
+    )
+    assert [o.object for o in summary.objects] == ["owners", "accounts"]  # the run stops there
+    assert rows(db, "SELECT count(*) FROM accounts WHERE NOT deleted") == [(500,)]
+    assert rows(db, "SELECT count(*) FROM opportunities WHERE NOT deleted") == [(40,)]
+    assert rows(db, "SELECT status FROM sync_runs WHERE object = 'accounts' ORDER BY id DESC LIMIT 1") == [
+        ("refused",)
+    ]
+
+
+def test_deletes_within_the_share_go_ahead_and_a_person_can_allow_more(db: Engine, tmp_path: Path) -> None:
+    folder = write_export(tmp_path / "x", owners=[owner(1)], accounts=[account(i) for i in range(1, 21)])
+    sync(db, folder)
+    write_export(folder, owners=[owner(1)], accounts=[account(i) for i in range(1, 19)])  # 2 of 20: 10%
+    within = sync(db, folder)
+    assert within.status == "succeeded"
+    assert within.total("rows_deleted") == 2
+    write_export(folder, owners=[owner(1)], accounts=[account(i) for i in range(1, 10)])  # 9 of 18
+    assert sync(db, folder).status == "refused"
+    assert rows(db, "SELECT count(*) FROM accounts WHERE NOT deleted") == [(18,)]
+    allowed = sync(db, folder, guard=ALLOW)
+    assert allowed.status == "succeeded"
+    assert allowed.total("rows_deleted") == 9
+    stricter = DeleteGuard(max_share=0.0)
+    write_export(folder, owners=[owner(1)], accounts=[account(i) for i in range(1, 9)])
+    assert sync(db, folder, guard=stricter).status == "refused"
 
 
 def test_an_export_without_any_row_deletes_nothing(db: Engine, tmp_path: Path) -> None:
