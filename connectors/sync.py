@@ -318,8 +318,9 @@ def _id_chunks(chunks: Iterable[Sequence[str]]) -> Iterator[bytes]:
 def _sweep_deletes(
     conn: Connection, state: BatchState, ids: Iterable[Sequence[str]], guard: DeleteGuard
 ) -> int:
-    """Soft-delete stored rows absent from a full snapshot's ids; refuses an export with no id at all,
-    and one that would delete more of the live rows than ``guard`` allows (raises, deleting nothing)."""
+    """Soft-delete stored rows absent from a full snapshot's ids, and make deleted ones it lists live
+    again; refuses an export with no id at all, and one that would delete more of the live rows than
+    ``guard`` allows (raises, deleting nothing)."""
     conn.execute(text("CREATE TEMP TABLE present (id text) ON COMMIT DROP"))
     copy_csv(conn, "present", ["id"], _id_chunks(ids))
     count = int(conn.execute(text("SELECT count(*) FROM present")).scalar_one())
@@ -343,6 +344,16 @@ def _sweep_deletes(
     gone = "active = false" if state.obj is CrmObject.owners else "deleted = true"
     sql = f"UPDATE {table} t SET {gone}, synced_at = now() WHERE {live} AND {absent}"  # noqa: S608
     deleted = int(conn.execute(text(sql)).rowcount)
+    if state.obj is not CrmObject.owners:
+        # A record back in the export is live again, even when an incremental read skipped it as
+        # unchanged since the cursor (its stored values are the ones it came back with).
+        revive = f"UPDATE {table} t SET deleted = false, synced_at = now() WHERE t.deleted AND NOT {absent}"  # noqa: S608
+        revived = int(conn.execute(text(revive)).rowcount)
+        if revived:
+            log.info(
+                "records back in the export are live again",
+                extra={"sync_run_id": state.run_id, "object": state.obj.value, "revived": revived},
+            )
     conn.execute(
         text("UPDATE sync_runs SET rows_deleted = rows_deleted + :d WHERE id = :id"),
         {"d": deleted, "id": state.run_id},

@@ -273,6 +273,20 @@ def test_deletes_within_the_share_go_ahead_and_a_person_can_allow_more(db: Engin
     assert sync(db, folder, guard=stricter).status == "refused"
 
 
+def test_a_record_back_in_the_export_is_live_again_on_an_incremental_sync(db: Engine, tmp_path: Path) -> None:
+    everyone = [account(i) for i in range(1, 21) if i != 2] + [account(2, modified_at="2026-09-01T00:00:00Z")]
+    folder = write_export(tmp_path / "x", owners=[owner(1)], accounts=everyone)
+    sync(db, folder)
+    write_export(folder, owners=[owner(1)], accounts=[a for a in everyone if a["id"] != "001A2"])
+    assert sync(db, folder).total("rows_deleted") == 1
+    assert rows(db, "SELECT id FROM accounts WHERE deleted") == [("001A2",)]
+    write_export(folder, owners=[owner(1)], accounts=everyone)  # back, with its old modified_at
+    summary = sync(db, folder)  # incremental: the row is older than the cursor and is not read
+    assert summary.status == "succeeded"
+    assert {o.object: o.rows_upserted for o in summary.objects}["accounts"] == 0
+    assert rows(db, "SELECT count(*) FROM accounts WHERE deleted") == [(0,)]
+
+
 def test_an_export_without_any_row_deletes_nothing(db: Engine, tmp_path: Path) -> None:
     folder = write_export(tmp_path / "x", owners=[owner(1)], accounts=[account(1)])
     sync(db, folder)
