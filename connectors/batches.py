@@ -58,6 +58,11 @@ class ObjectSummary:
     run_id: int | None = None
 
 
+# How far a CRM's clock may run ahead of ours: a record stamped later than the run's start plus this is
+# quarantined (docs/sync.md, "Cursors never run ahead of time").
+CLOCK_SKEW = dt.timedelta(minutes=5)
+
+
 @dataclass
 class BatchState:
     """Per-object bookkeeping carried across batches."""
@@ -102,7 +107,7 @@ def checked_batch(state: BatchState, batch: Batch) -> tuple[Checked, list[tuple[
     frame = records_frame(state.obj, batch.records)
     if state.obj is CrmObject.owners and state.roster is not None:
         frame = apply_roster(frame, state.roster)
-    checked = check_records(state.obj, frame)
+    checked = check_records(state.obj, frame, not_after=state.now + CLOCK_SKEW)
     rejected = [
         (rid, reason, pos) for pos, rid, reason in checked.rejected.itertuples(index=False, name=None)
     ]
@@ -171,6 +176,8 @@ def close_batch(conn: Connection, state: BatchState, batch: Batch, counts: Count
     """Save the batch's cursor when it is ahead of the saved one, and add its counts to its run's row;
     returns the cursor saved, if any (it counts as saved once the transaction commits)."""
     new_cursor = batch.cursor
+    if new_cursor is not None and new_cursor.modified_at > state.now:
+        new_cursor = Cursor(state.now)  # never past the run's start: later changes must still be read
     if new_cursor is not None and state.saved is not None and not new_cursor > state.saved:
         new_cursor = None
     if new_cursor is not None:

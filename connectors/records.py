@@ -8,6 +8,7 @@ failed INSERT; the references (unknown owner, unknown account) are checked in SQ
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, overload
@@ -126,8 +127,17 @@ def records_frame(obj: CrmObject, records: Sequence[Mapping[str, Any]]) -> pd.Da
     return pd.DataFrame.from_records(list(records), columns=columns)
 
 
-def check_records(obj: CrmObject, records: Sequence[Mapping[str, Any]] | pd.DataFrame) -> Checked:
-    """Validate and convert ``records`` of ``obj``; every record ends up clean, rejected or a duplicate."""
+def check_records(
+    obj: CrmObject,
+    records: Sequence[Mapping[str, Any]] | pd.DataFrame,
+    *,
+    not_after: dt.datetime | None = None,
+) -> Checked:
+    """Validate and convert ``records`` of ``obj``; every record ends up clean, rejected or a duplicate.
+
+    A timestamp later than ``not_after`` (the run's start plus the clock skew allowed) is rejected: a
+    record stamped in the future would otherwise carry the cursor past every later change.
+    """
     columns = CANONICAL_COLUMNS[obj]
     kinds = _KINDS[obj]
     raw = records if isinstance(records, pd.DataFrame) else records_frame(obj, records)
@@ -209,6 +219,12 @@ def check_records(obj: CrmObject, records: Sequence[Mapping[str, Any]] | pd.Data
         elif kind == "timestamp":
             parsed = pd.to_datetime(text, utc=True, errors="coerce", format="ISO8601")
             fail(~blank & parsed.isna(), f"unparseable {column}", text)
+            if not_after is not None:
+                fail(
+                    parsed > pd.Timestamp(not_after),
+                    f"{column} in the future (after {not_after.isoformat()})",
+                    text,
+                )
             naive = parsed.dt.tz_convert(None).to_numpy(dtype="datetime64[us]")
             strings = np.char.add(np.datetime_as_string(naive, unit="us"), "+00")
             out[column] = pd.Series(strings, dtype=object).where(parsed.notna(), None)

@@ -18,10 +18,12 @@ from dataclasses import asdict, dataclass
 from typing import Any, Final, Protocol, runtime_checkable
 
 import pandas as pd
-from sqlalchemy import Connection, Engine, text
+from sqlalchemy import Connection, Engine, bindparam, text
+from sqlalchemy.dialects.postgresql import JSONB
 
 from connectors.base import Connector, CrmObject, Cursor
 from connectors.batches import (
+    CLOCK_SKEW,
     TABLES,
     BatchState,
     ObjectSummary,
@@ -226,6 +228,8 @@ def _sync_object(
         ).scalar()
     summary.run_id = int(run_id)
     saved = Cursor.from_json(saved_json)
+    if saved is not None and saved.modified_at > now + CLOCK_SKEW:
+        saved = _repair_future_cursor(engine, source, obj, saved, now)
     since = None if full or saved is None else Cursor(saved.modified_at - lookback, "")
     state = BatchState(
         source, obj, int(run_id), saved, summary, isinstance(connector, HistorySource), now, roster
@@ -274,6 +278,36 @@ def _sync_object(
     _finish(engine, state)
     log.info("sync of an object finished", extra={**extra, **asdict(summary)})
     return summary
+
+
+def _repair_future_cursor(
+    engine: Engine, source: str, obj: CrmObject, saved: Cursor, now: dt.datetime
+) -> Cursor | None:
+    """A watermark past the clock (saved by an older version from a record stamped in the future)
+    would hide every later change: move it back to the newest stored change not in the future."""
+    table = TABLES[obj]
+    with engine.begin() as conn:
+        newest = conn.execute(
+            text(f"SELECT max(modified_at) FROM {table} WHERE modified_at <= :now"),  # noqa: S608
+            {"now": now},
+        ).scalar()
+        repaired = Cursor(newest) if newest is not None else None
+        conn.execute(
+            text("UPDATE sync_state SET watermark = :w WHERE source = :s AND object = :o").bindparams(
+                bindparam("w", type_=JSONB)
+            ),
+            {"w": repaired.to_json() if repaired else None, "s": source, "o": obj.value},
+        )
+    log.warning(
+        "the saved cursor was in the future; moved back",
+        extra={
+            "source": source,
+            "object": obj.value,
+            "was": saved.to_json(),
+            "now": repaired.to_json() if repaired else None,
+        },
+    )
+    return repaired
 
 
 def _finish(engine: Engine, state: BatchState) -> None:

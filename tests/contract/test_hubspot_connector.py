@@ -423,7 +423,7 @@ def test_sync_engine_stores_hubspot_and_catches_up_with_changes(sandbox: Sandbox
     changed, gone = str(COMPANY_ID_BASE + 8), str(COMPANY_ID_BASE + 9)
     sandbox.state.modify("companies", changed, {"annualrevenue": "4242.5"})
     sandbox.state.delete("companies", gone)
-    second = run_sync(db, connector, now=NOW)
+    second = run_sync(db, connector, now=datetime.now(UTC))  # the sandbox stamps changes with the clock
     assert second.status == "succeeded", second.one_line()
     with db.connect() as conn:
         live = conn.execute(text("SELECT id FROM accounts WHERE NOT deleted ORDER BY id")).scalars().all()

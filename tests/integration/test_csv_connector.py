@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy import Engine, text
 
 from connectors.base import CrmObject, Cursor
+from connectors.batches import CLOCK_SKEW
 from connectors.csv_files import FILES, CsvConnector
 from connectors.errors import ConnectorConfigError
 from connectors.sandbox.generator import Org, generate_org, write_csv
@@ -285,6 +286,53 @@ def test_a_record_back_in_the_export_is_live_again_on_an_incremental_sync(db: En
     assert summary.status == "succeeded"
     assert {o.object: o.rows_upserted for o in summary.objects}["accounts"] == 0
     assert rows(db, "SELECT count(*) FROM accounts WHERE deleted") == [(0,)]
+
+
+def _watermark(db: Engine, obj: str) -> Any:
+    return rows(db, "SELECT watermark FROM sync_state WHERE source = 'csv' AND object = :o", o=obj)[0][0]
+
+
+def test_a_record_stamped_in_the_future_is_quarantined_and_the_cursor_stays_behind_the_clock(
+    db: Engine, tmp_path: Path
+) -> None:
+    folder = write_export(
+        tmp_path / "x",
+        owners=[owner(1)],
+        accounts=[account(1), account(2, modified_at="2099-01-01T00:00:00Z")],
+    )
+    summary = sync(db, folder)
+    accounts = next(o for o in summary.objects if o.object == "accounts")
+    assert accounts.rows_quarantined == 1
+    assert rows(db, "SELECT record_id, reason FROM quarantine WHERE resolved_at IS NULL") == [
+        ("001A2", f"modified_at in the future (after {(NOW + CLOCK_SKEW).isoformat()}): 2099-01-01T00:00:00Z")
+    ]
+    assert dt.datetime.fromisoformat(_watermark(db, "accounts")["modified_at"]) <= NOW
+    # A change made after the first run started is still read by the next incremental one.
+    write_export(
+        folder, owners=[owner(1)], accounts=[account(1, name="Renamed", modified_at="2026-11-01T00:01:00Z")]
+    )
+    sync(db, folder)
+    assert rows(db, "SELECT name FROM accounts WHERE id = '001A1'") == [("Renamed",)]
+
+
+def test_a_saved_cursor_in_the_future_is_repaired(db: Engine, tmp_path: Path) -> None:
+    folder = write_export(tmp_path / "x", owners=[owner(1)], accounts=[account(1), account(2)])
+    sync(db, folder)
+    with db.begin() as conn:  # what an older version saved from a row stamped 2099
+        conn.execute(
+            text(
+                'UPDATE sync_state SET watermark = \'{"modified_at": "2099-01-01T00:00:00+00:00", '
+                "\"last_id\": \"\"}' WHERE source = 'csv' AND object = 'accounts'"
+            )
+        )
+    write_export(
+        folder,
+        owners=[owner(1)],
+        accounts=[account(1), account(2, name="Later", modified_at="2026-10-25T00:00:00Z")],
+    )
+    sync(db, folder)
+    assert rows(db, "SELECT name FROM accounts WHERE id = '001A2'") == [("Later",)]
+    assert dt.datetime.fromisoformat(_watermark(db, "accounts")["modified_at"]) <= NOW
 
 
 def test_an_export_without_any_row_deletes_nothing(db: Engine, tmp_path: Path) -> None:

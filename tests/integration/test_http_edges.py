@@ -137,7 +137,7 @@ def test_a_chunked_body_is_cut_off_at_the_limit(server: str) -> None:
                     conn.settimeout(5)
         reply = _response(conn)
     assert reply.startswith(b"HTTP/1.1 413 ")
-    assert sent < 2_000_000  # answered long before the client was done
+    assert sent < 1000 * 8192  # answered before the client was done (socket buffers hold a few MB)
 
 
 def test_a_bad_content_length_is_a_400(server: str) -> None:
