@@ -76,6 +76,9 @@ class CsvConnector:
         if not first.strip():
             raise ConnectorConfigError(f"{path.name}: empty file, expected a header row")
         header = [c.strip() for c in next(csv.reader([first]))]
+        twice = sorted({c for c in header if header.count(c) > 1})
+        if twice:  # which of the two holds the value is anyone's guess: refuse rather than pick one
+            raise ConnectorConfigError(f"{path.name}: header names column {twice[0]!r} twice")
         missing = [c for c in required if c not in header]
         if missing:
             raise ConnectorConfigError(

@@ -241,10 +241,18 @@ def sandbox_export(
     accounts: Annotated[int, typer.Option(min=0, help="accounts to generate")] = 5000,
     reps: Annotated[int, typer.Option(min=1, help="reps (territories) to generate")] = 40,
     seed: Annotated[int, typer.Option(min=0, help="same seed, same bytes")] = 7,
+    force: Annotated[bool, typer.Option("--force", help="overwrite an export already in the folder")] = False,
     output: FormatOption = OutputFormat.table,
 ) -> None:
     """Write a realistic generated org as CSV files in the import format (docs/csv-format.md)."""
-    from connectors.sandbox.generator import DEFAULT_NOW, generate_org, write_csv
+    from connectors.sandbox.generator import CSV_FILES, DEFAULT_NOW, generate_org, write_csv
+
+    existing = sorted(name for name in CSV_FILES if (out / name).exists())
+    if existing and not force:
+        typer.echo(
+            f"territory: {out} already holds an export ({existing[0]}); add --force to replace it", err=True
+        )
+        raise typer.Exit(2)
 
     console = Console(stderr=True)
     started = time.perf_counter()

@@ -143,3 +143,30 @@ def test_a_cut_export_is_refused_by_the_cli_and_allowed_on_request(
     allowed = _territory("sync", "--source", "csv", "--path", str(folder), "--allow-mass-delete", env=env)
     assert allowed.returncode == 0, allowed.stderr
     assert "199 deleted" in allowed.stdout
+
+
+def test_an_export_is_not_written_over_another_unless_forced(tmp_path: Path) -> None:
+    args = ["sandbox", "export", "--accounts", "10", "--reps", "2", "--out", str(tmp_path)]
+    assert _territory(*args).returncode == 0
+    before = (tmp_path / "accounts.csv").read_bytes()
+    refused = _territory(*args, "--seed", "8")
+    line = _one_line(refused, 2)
+    assert line == f"territory: {tmp_path} already holds an export (accounts.csv); add --force to replace it"
+    assert (tmp_path / "accounts.csv").read_bytes() == before
+    forced = _territory(*args, "--seed", "8", "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert (tmp_path / "accounts.csv").read_bytes() != before
+
+
+def test_a_header_naming_a_column_twice_is_a_configuration_error(tmp_path: Path) -> None:
+    folder = tmp_path / "export"
+    assert (
+        _territory("sandbox", "export", "--accounts", "10", "--reps", "2", "--out", str(folder)).returncode
+        == 0
+    )
+    accounts = folder / "accounts.csv"
+    header, *rest = accounts.read_text(encoding="utf-8").splitlines()
+    accounts.write_text("\n".join([header + ",name", *(r + ",x" for r in rest)]) + "\n", encoding="utf-8")
+    env = {"TERRITORY_DATABASE_URL": "postgresql://nobody@127.0.0.1:1/none"}
+    line = _one_line(_territory("sync", "--source", "csv", "--path", str(folder), env=env), 2)
+    assert line == "territory: config error: accounts.csv: header names column 'name' twice"
