@@ -623,3 +623,73 @@ def audit_trail(conn: Connection, proposal_id: int) -> list[dict[str, Any]]:
         .order_by(a.c.id)
     ).mappings()
     return [dict(r) for r in rows]
+
+
+MOVE_OUTCOMES = ("written", "conflict", "failed", "skipped")
+
+
+def due_moves(conn: Connection, proposal_id: int, *, today: dt.date) -> list[MoveRow]:
+    """The pending moves whose effective date has come (no date: due at once), in wave order."""
+    rows = conn.execute(
+        select(_M)
+        .where(
+            _M.c.proposal_id == proposal_id,
+            _M.c.writeback_state == "pending",
+            (_M.c.effective_date.is_(None)) | (_M.c.effective_date <= today),
+        )
+        .order_by(_M.c.wave, _M.c.account_id)
+    ).mappings()
+    return [
+        MoveRow(
+            id=r["id"],
+            account_id=r["account_id"],
+            from_owner_id=r["from_owner_id"],
+            to_owner_id=r["to_owner_id"],
+            expected_owner_id=r["expected_owner_id"],
+            wave=r["wave"],
+            effective_date=r["effective_date"],
+            writeback_state=r["writeback_state"],
+            rationale=r["rationale"],
+            orphan=r["orphan"],
+        )
+        for r in rows
+    ]
+
+
+def record_move_result(
+    conn: Connection,
+    move_id: int,
+    *,
+    outcome: str,
+    crm_response: dict[str, Any] | None,
+    actor: str,
+    now: dt.datetime,
+) -> bool:
+    """Set a pending move's outcome and CRM answer once (compare-and-set) with its audit row.
+
+    Returns False when the move was no longer pending (already recorded, or cancelled): nothing changes.
+    """
+    if outcome not in MOVE_OUTCOMES:
+        raise ProposalError(f"unknown move outcome {outcome!r}; known: {', '.join(MOVE_OUTCOMES)}")
+    row = conn.execute(
+        update(ProposalMove)
+        .where(_M.c.id == move_id, _M.c.writeback_state == "pending")
+        .values(
+            writeback_state=outcome,
+            crm_response=crm_response,
+            written_at=now if outcome == "written" else None,
+        )
+        .returning(_M.c.proposal_id)
+    ).first()
+    if row is None:
+        return False
+    _audit(
+        conn,
+        actor=actor,
+        action=f"move_{outcome}",
+        proposal_id=int(row[0]),
+        now=now,
+        detail={"crm_response": crm_response},
+        move_id=move_id,
+    )
+    return True

@@ -221,3 +221,32 @@ def test_fifty_concurrent_approvals_make_one_decision(seeded: Engine) -> None:
     assert outcomes.count(f"lost to {final.decided_by}") == 49
     assert len(decisions) == 1
     assert decisions[0]["actor"] == final.decided_by
+
+
+def test_due_moves_follow_the_wave_dates_and_results_are_recorded_once(seeded: Engine) -> None:
+    pid, _ = _create(seeded)
+    with seeded.begin() as conn:
+        props.approve(conn, pid, actor="Sam", now=NOW)
+        first = props.due_moves(conn, pid, today=dt.date(2026, 12, 1))
+        assert [m.account_id for m in first] == ["001A", "001C"]  # 001C has no date: due at once
+        assert [m.account_id for m in props.due_moves(conn, pid, today=dt.date(2026, 12, 15))] == [
+            "001A",
+            "001B",
+            "001C",
+        ]
+        answer = {"status": 204, "etag": "abc"}
+        assert props.record_move_result(
+            conn, first[0].id, outcome="written", crm_response=answer, actor="w", now=NOW
+        )
+        assert not props.record_move_result(
+            conn, first[0].id, outcome="failed", crm_response=None, actor="w", now=NOW
+        )
+        with pytest.raises(props.ProposalError, match="unknown move outcome"):
+            props.record_move_result(conn, first[1].id, outcome="done", crm_response=None, actor="w", now=NOW)
+        assert [m.account_id for m in props.due_moves(conn, pid, today=dt.date(2026, 12, 1))] == ["001C"]
+        trail = props.audit_trail(conn, pid)
+    assert (trail[-1]["action"], trail[-1]["move_id"], trail[-1]["details"]) == (
+        "move_written",
+        first[0].id,
+        {"crm_response": answer},
+    )
