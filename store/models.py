@@ -49,8 +49,10 @@ PROPOSAL_STATES = (
     "partially_applied",
     "failed",
     "reverted",
+    "superseded",
+    "cancelled",
 )
-MOVE_WRITEBACK_STATES = ("pending", "written", "conflict", "failed", "skipped")
+MOVE_WRITEBACK_STATES = ("pending", "written", "conflict", "failed", "skipped", "cancelled")
 SNAPSHOT_KINDS = ("monthly", "on_demand", "event", "backfill")
 RUN_STATUSES = ("running", "succeeded", "failed", "interrupted", "stopped")
 SYNC_RUN_STATUSES = (*RUN_STATUSES, "refused")  # refused: a full export over the mass-delete guard
@@ -253,6 +255,10 @@ class Proposal(Base):
     reverts_proposal_id: Mapped[int | None] = mapped_column(ForeignKey("proposals.id"))
     slack_channel: Mapped[str | None] = mapped_column(Text)
     slack_ts: Mapped[str | None] = mapped_column(Text)
+    params: Mapped[dict[str, Any] | None] = mapped_column(JSONB, comment="the solver's inputs and parameters")
+    solver_report: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    tradeoff: Mapped[list[Any] | None] = mapped_column(JSONB)
+    waves: Mapped[list[Any] | None] = mapped_column(JSONB)
 
 
 class ProposalMove(Base):
@@ -277,6 +283,9 @@ class ProposalMove(Base):
     writeback_state: Mapped[str] = mapped_column(Text, server_default=text("'pending'"))
     crm_response: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
     written_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
+    wave: Mapped[int] = mapped_column(Integer, server_default=text("1"))
+    effective_date: Mapped[dt.date | None] = mapped_column(Date)
+    orphan: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
 
 
 class AuditLog(Base):
@@ -292,6 +301,10 @@ class AuditLog(Base):
     entity_type: Mapped[str] = mapped_column(Text)
     entity_id: Mapped[str] = mapped_column(Text)
     details: Mapped[dict[str, Any] | None] = mapped_column(JSONB)
+    proposal_id: Mapped[int | None] = mapped_column(
+        ForeignKey("proposals.id", ondelete="SET NULL"), index=True
+    )
+    move_id: Mapped[int | None] = mapped_column(ForeignKey("proposal_moves.id", ondelete="SET NULL"))
 
 
 class Outbox(Base):
@@ -388,3 +401,23 @@ class BalanceSnapshot(Base):
     metric: Mapped[str] = mapped_column(Text, primary_key=True)
     stat: Mapped[str] = mapped_column(Text, primary_key=True)
     value: Mapped[float | None] = mapped_column(Double, comment="null where the statistic is undefined")
+
+
+class Override(Base):
+    """A move an approver refused, not proposed again until ``until`` unless the account's data changed."""
+
+    __tablename__ = "overrides"
+    __table_args__ = (Index(None, "account_id", "until"),)
+
+    id: Mapped[int] = mapped_column(BigInteger, primary_key=True, autoincrement=True)
+    account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
+    from_owner_id: Mapped[str] = mapped_column(CrmId)
+    to_owner_id: Mapped[str] = mapped_column(CrmId)
+    reason: Mapped[str] = mapped_column(Text)
+    decided_by: Mapped[str] = mapped_column(Text)
+    decided_at: Mapped[dt.datetime] = mapped_column(Timestamp)
+    until: Mapped[dt.datetime] = mapped_column(Timestamp)
+    data_fingerprint: Mapped[str | None] = mapped_column(
+        Text, comment="owner, potential, ARR and tier when refused; a change lifts the override"
+    )
+    proposal_id: Mapped[int | None] = mapped_column(ForeignKey("proposals.id", ondelete="SET NULL"))

@@ -1,0 +1,1 @@
+"""Approval of proposals: Slack request verification, Block Kit messages, payload parsing (pure code)."""

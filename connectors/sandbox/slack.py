@@ -1,0 +1,224 @@
+"""A fake Slack Web API on loopback: the methods the approval flow calls, with Slack's error shapes.
+
+It speaks what ``slack_sdk.WebClient(base_url=...)`` sends (form or JSON bodies, a Bearer token) and
+answers as Slack does: HTTP 200 with ``{"ok": false, "error": ...}`` for API errors, HTTP 429 with
+``Retry-After`` when rate limited. Every call is recorded for the tests; faults are injected per method.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs
+
+Handler = Callable[["FakeSlack", dict[str, Any]], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class SlackCall:
+    """One recorded request: the method and its arguments (JSON fields decoded)."""
+
+    method: str
+    args: dict[str, Any]
+
+
+@dataclass
+class FakeSlack:
+    """The state of the fake workspace and the record of calls."""
+
+    token: str = "xoxb-test-token"  # noqa: S105 - a fake workspace's token, not a secret
+    users: dict[str, dict[str, Any]] = field(default_factory=dict)
+    usergroups: dict[str, list[str]] = field(default_factory=dict)
+    channels: set[str] = field(default_factory=lambda: {"C0APPROVAL"})
+    calls: list[SlackCall] = field(default_factory=list)
+    messages: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
+    rate_limits: dict[str, list[int]] = field(default_factory=dict)
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _ts: int = 0
+
+    def rate_limit(self, method: str, *, times: int = 1, retry_after: int = 1) -> None:
+        """Answer the next ``times`` calls of ``method`` with 429 and ``Retry-After``."""
+        self.rate_limits.setdefault(method, []).extend([retry_after] * times)
+
+    def calls_of(self, method: str) -> list[SlackCall]:
+        """The recorded calls of one method, in order."""
+        return [c for c in self.calls if c.method == method]
+
+    def _next_ts(self) -> str:
+        self._ts += 1
+        return f"1700000000.{self._ts:06d}"
+
+
+def _err(error: str) -> dict[str, Any]:
+    return {"ok": False, "error": error}
+
+
+def _channel(slack: FakeSlack, args: dict[str, Any]) -> str | None:
+    channel = args.get("channel")
+    return channel if isinstance(channel, str) and channel in slack.channels else None
+
+
+def _post_message(slack: FakeSlack, args: dict[str, Any]) -> dict[str, Any]:
+    channel = _channel(slack, args)
+    if channel is None:
+        return _err("channel_not_found")
+    if not args.get("text") and not args.get("blocks"):
+        return _err("no_text")
+    if isinstance(args.get("blocks"), list) and len(args["blocks"]) > 50:
+        return _err("invalid_blocks")
+    ts = slack._next_ts()
+    message = {"type": "message", "text": args.get("text", ""), "blocks": args.get("blocks", []), "ts": ts}
+    if args.get("thread_ts"):
+        message["thread_ts"] = args["thread_ts"]
+    slack.messages[(channel, ts)] = message
+    return {"ok": True, "channel": channel, "ts": ts, "message": message}
+
+
+def _update(slack: FakeSlack, args: dict[str, Any]) -> dict[str, Any]:
+    channel = _channel(slack, args)
+    if channel is None:
+        return _err("channel_not_found")
+    key = (channel, str(args.get("ts", "")))
+    if key not in slack.messages:
+        return _err("message_not_found")
+    slack.messages[key].update({k: args[k] for k in ("text", "blocks") if k in args})
+    return {"ok": True, "channel": channel, "ts": key[1], "text": slack.messages[key]["text"]}
+
+
+def _ephemeral(slack: FakeSlack, args: dict[str, Any]) -> dict[str, Any]:
+    if _channel(slack, args) is None:
+        return _err("channel_not_found")
+    if args.get("user") not in slack.users:
+        return _err("user_not_in_channel")
+    return {"ok": True, "message_ts": slack._next_ts()}
+
+
+def _views_open(slack: FakeSlack, args: dict[str, Any]) -> dict[str, Any]:
+    trigger = args.get("trigger_id")
+    view = args.get("view")
+    if not trigger or not isinstance(view, dict):
+        return _err("invalid_arguments")
+    if str(trigger).startswith("expired"):
+        return _err("expired_trigger_id")
+    return {"ok": True, "view": {"id": f"V{len(slack.calls):08d}", **view}}
+
+
+def _users_info(slack: FakeSlack, args: dict[str, Any]) -> dict[str, Any]:
+    user = slack.users.get(str(args.get("user", "")))
+    return {"ok": True, "user": user} if user is not None else _err("user_not_found")
+
+
+def _usergroup_users(slack: FakeSlack, args: dict[str, Any]) -> dict[str, Any]:
+    members = slack.usergroups.get(str(args.get("usergroup", "")))
+    return {"ok": True, "users": members} if members is not None else _err("no_such_subteam")
+
+
+def _auth_test(slack: FakeSlack, args: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "ok": True,
+        "url": "https://fake.slack.test/",
+        "team": "Fake",
+        "user": "territory",
+        "team_id": "T0FAKE",
+        "user_id": "U0BOT",
+        "bot_id": "B0BOT",
+    }
+
+
+METHODS: dict[str, Handler] = {
+    "chat.postMessage": _post_message,
+    "chat.update": _update,
+    "chat.postEphemeral": _ephemeral,
+    "views.open": _views_open,
+    "users.info": _users_info,
+    "usergroups.users.list": _usergroup_users,
+    "auth.test": _auth_test,
+}
+
+
+def _decode_args(content_type: str, raw: bytes) -> dict[str, Any]:
+    """Form or JSON arguments; JSON-valued form fields (``blocks``, ``view``) decoded."""
+    if content_type.startswith("application/json"):
+        decoded = json.loads(raw or b"{}")
+        return decoded if isinstance(decoded, dict) else {}
+    args: dict[str, Any] = {k: v[-1] for k, v in parse_qs(raw.decode("utf-8")).items()}
+    for key in ("blocks", "view", "attachments"):
+        if isinstance(args.get(key), str):
+            try:
+                args[key] = json.loads(args[key])
+            except json.JSONDecodeError:
+                args[key] = None
+    return args
+
+
+def _handler_class(slack: FakeSlack) -> type[BaseHTTPRequestHandler]:
+    class SlackHandler(BaseHTTPRequestHandler):
+        """Routes ``POST /api/<method>`` to the fake's methods."""
+
+        def log_message(self, format: str, *args: Any) -> None:
+            """Quiet: the tests read the call record instead."""
+
+        def _send(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
+            data = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json; charset=utf-8")
+            self.send_header("Content-Length", str(len(data)))
+            for key, value in (headers or {}).items():
+                self.send_header(key, value)
+            self.end_headers()
+            self.wfile.write(data)
+
+        def do_POST(self) -> None:
+            """One Web API call."""
+            method = self.path.split("?", 1)[0].removeprefix("/api/").strip("/")
+            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            try:
+                args = _decode_args(self.headers.get("Content-Type", ""), raw)
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                self._send(200, _err("invalid_json"))
+                return
+            auth = self.headers.get("Authorization", "")
+            token = (
+                auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else args.pop("token", "")
+            )
+            with slack._lock:
+                slack.calls.append(SlackCall(method, args))
+                if method not in METHODS:
+                    self._send(404, _err("unknown_method"))
+                    return
+                if not token:
+                    self._send(200, _err("not_authed"))
+                    return
+                if token != slack.token:
+                    self._send(200, _err("invalid_auth"))
+                    return
+                pending = slack.rate_limits.get(method)
+                if pending:
+                    retry_after = pending.pop(0)
+                    self._send(429, _err("ratelimited"), {"Retry-After": str(retry_after)})
+                    return
+                body = METHODS[method](slack, args)
+            self._send(200, body)
+
+    return SlackHandler
+
+
+@contextmanager
+def serve(slack: FakeSlack | None = None) -> Iterator[tuple[FakeSlack, str]]:
+    """Run the fake on a free loopback port; yield it and the ``base_url`` for ``WebClient``."""
+    state = slack or FakeSlack()
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_class(state))
+    server.daemon_threads = True
+    thread = threading.Thread(target=server.serve_forever, name="fake-slack", daemon=True)
+    thread.start()
+    try:
+        yield state, f"http://127.0.0.1:{server.server_address[1]}/api/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(timeout=5)
