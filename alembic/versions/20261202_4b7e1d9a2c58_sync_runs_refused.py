@@ -1,7 +1,7 @@
 """sync runs may end refused: a full export that would delete more than the guard allows
 
 Revision ID: 4b7e1d9a2c58
-Revises: 9c4e2b7d1f03
+Revises: 4e7a9c3b2d18
 Create Date: 2026-12-02 21:40:00.000000
 """
 
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from alembic import op
 
 revision: str = "4b7e1d9a2c58"
-down_revision: str | None = "9c4e2b7d1f03"
+down_revision: str | None = "4e7a9c3b2d18"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 
