@@ -312,6 +312,22 @@ def list_proposals(conn: Connection, *, state: str | None = None) -> list[Propos
     return [_summary(r) for r in conn.execute(query).mappings()]
 
 
+def _move_row(r: RowMapping) -> MoveRow:
+    """One ``proposal_moves`` row as the value the store hands out."""
+    return MoveRow(
+        id=r["id"],
+        account_id=r["account_id"],
+        from_owner_id=r["from_owner_id"],
+        to_owner_id=r["to_owner_id"],
+        expected_owner_id=r["expected_owner_id"],
+        wave=r["wave"],
+        effective_date=r["effective_date"],
+        writeback_state=r["writeback_state"],
+        rationale=r["rationale"],
+        orphan=r["orphan"],
+    )
+
+
 def show_proposal(conn: Connection, proposal_id: int) -> ProposalDetail:
     """The proposal with its moves in wave then account order."""
     summary = get_proposal(conn, proposal_id)
@@ -323,21 +339,7 @@ def show_proposal(conn: Connection, proposal_id: int) -> ProposalDetail:
     rows = conn.execute(
         select(_M).where(_M.c.proposal_id == proposal_id).order_by(_M.c.wave, _M.c.account_id)
     ).mappings()
-    moves = tuple(
-        MoveRow(
-            id=r["id"],
-            account_id=r["account_id"],
-            from_owner_id=r["from_owner_id"],
-            to_owner_id=r["to_owner_id"],
-            expected_owner_id=r["expected_owner_id"],
-            wave=r["wave"],
-            effective_date=r["effective_date"],
-            writeback_state=r["writeback_state"],
-            rationale=r["rationale"],
-            orphan=r["orphan"],
-        )
-        for r in rows
-    )
+    moves = tuple(_move_row(r) for r in rows)
     return ProposalDetail(
         summary=summary,
         move_rows=moves,
@@ -639,21 +641,7 @@ def due_moves(conn: Connection, proposal_id: int, *, today: dt.date) -> list[Mov
         )
         .order_by(_M.c.wave, _M.c.account_id)
     ).mappings()
-    return [
-        MoveRow(
-            id=r["id"],
-            account_id=r["account_id"],
-            from_owner_id=r["from_owner_id"],
-            to_owner_id=r["to_owner_id"],
-            expected_owner_id=r["expected_owner_id"],
-            wave=r["wave"],
-            effective_date=r["effective_date"],
-            writeback_state=r["writeback_state"],
-            rationale=r["rationale"],
-            orphan=r["orphan"],
-        )
-        for r in rows
-    ]
+    return [_move_row(r) for r in rows]
 
 
 def record_move_result(
