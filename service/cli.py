@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.table import Table
 from sqlalchemy.exc import DBAPIError
 
+from service.cli_proposals import proposals_app
 from service.errors import ConfigError
 from service.logs import configure_logging
 from service.runtime import open_database
@@ -45,6 +46,7 @@ sandbox_app = typer.Typer(
 config_app = typer.Typer(help="Inspect the settings the daemon would run with.", no_args_is_help=True)
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(config_app, name="config")
+app.add_typer(proposals_app, name="proposals")
 
 
 # `territory sync`'s exit status by the run's status (docs/sync.md); anything else not succeeded is 1.

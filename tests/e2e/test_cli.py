@@ -33,6 +33,12 @@ COMMANDS = [
     ["sandbox", "serve"],
     ["config"],
     ["config", "show"],
+    ["proposals"],
+    ["proposals", "list"],
+    ["proposals", "show"],
+    ["proposals", "approve"],
+    ["proposals", "reject"],
+    ["proposals", "cancel"],
 ]
 
 
