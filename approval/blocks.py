@@ -177,6 +177,21 @@ def decided_message(
     return {"text": f"Proposal {view.proposal_id}: {state}{who}", "blocks": blocks}
 
 
+def _reason_input() -> dict[str, Any]:
+    """The modals' mandatory "Why?" field."""
+    return {
+        "type": "input",
+        "block_id": BLOCK_REASON,
+        "label": _plain("Why?", 2000),
+        "element": {
+            "type": "plain_text_input",
+            "action_id": INPUT_REASON,
+            "multiline": True,
+            "min_length": 1,
+        },
+    }
+
+
 def reject_modal(proposal_id: int) -> dict[str, Any]:
     """``views.open`` view asking for the reason of a rejection."""
     return {
@@ -186,19 +201,7 @@ def reject_modal(proposal_id: int) -> dict[str, Any]:
         "title": _plain("Reject proposal", 24),
         "submit": _plain("Reject", 24),
         "close": _plain("Cancel", 24),
-        "blocks": [
-            {
-                "type": "input",
-                "block_id": BLOCK_REASON,
-                "label": _plain("Why?", 2000),
-                "element": {
-                    "type": "plain_text_input",
-                    "action_id": INPUT_REASON,
-                    "multiline": True,
-                    "min_length": 1,
-                },
-            }
-        ],
+        "blocks": [_reason_input()],
     }
 
 
@@ -235,16 +238,6 @@ def approve_without_modal(proposal_id: int, moves: Sequence[MoveLine]) -> dict[s
                 "label": _plain("Moves to leave out", 2000),
                 "element": {"type": "multi_static_select", "action_id": INPUT_EXCLUDED, "options": options},
             },
-            {
-                "type": "input",
-                "block_id": BLOCK_REASON,
-                "label": _plain("Why?", 2000),
-                "element": {
-                    "type": "plain_text_input",
-                    "action_id": INPUT_REASON,
-                    "multiline": True,
-                    "min_length": 1,
-                },
-            },
+            _reason_input(),
         ],
     }

@@ -35,6 +35,7 @@ class Format(enum.StrEnum):
 
 FormatOption = Annotated[Format, typer.Option("--format", help="table for people, json for scripts")]
 IdArgument = Annotated[int, typer.Argument(help="the proposal's id", show_default=False)]
+ActorOption = Annotated[str | None, typer.Option("--as", help="who decides (default: your user name)")]
 ReasonOption = Annotated[
     str | None, typer.Option("--reason", help="why (required to reject or to except moves)")
 ]
@@ -122,7 +123,7 @@ def show_command(ctx: typer.Context, proposal_id: IdArgument, output: FormatOpti
 def approve_command(
     ctx: typer.Context,
     proposal_id: IdArgument,
-    actor: Annotated[str | None, typer.Option("--as", help="who approves (default: your user name)")] = None,
+    actor: ActorOption = None,
     except_accounts: Annotated[
         list[str] | None, typer.Option("--except", help="an account whose move is left out (repeatable)")
     ] = None,
@@ -132,12 +133,16 @@ def approve_command(
     """Approve a proposal, optionally without some moves (then --reason is required)."""
     from approval import decisions
 
-    who = actor or getpass.getuser()
     _run(
         ctx,
         output,
         lambda engine: decisions.approve(
-            engine, proposal_id, actor=who, now=_now(), except_accounts=except_accounts or (), reason=reason
+            engine,
+            proposal_id,
+            actor=actor or getpass.getuser(),
+            now=_now(),
+            except_accounts=except_accounts or (),
+            reason=reason,
         ),
     )
 
@@ -147,17 +152,18 @@ def reject_command(
     ctx: typer.Context,
     proposal_id: IdArgument,
     reason: ReasonOption = None,
-    actor: Annotated[str | None, typer.Option("--as", help="who rejects (default: your user name)")] = None,
+    actor: ActorOption = None,
     output: FormatOption = Format.table,
 ) -> None:
     """Reject a proposal, saying why; its moves are not proposed again for the cooldown."""
     from approval import decisions
 
-    who = actor or getpass.getuser()
     _run(
         ctx,
         output,
-        lambda engine: decisions.reject(engine, proposal_id, actor=who, now=_now(), reason=reason),
+        lambda engine: decisions.reject(
+            engine, proposal_id, actor=actor or getpass.getuser(), now=_now(), reason=reason
+        ),
     )
 
 
@@ -165,11 +171,14 @@ def reject_command(
 def cancel_command(
     ctx: typer.Context,
     proposal_id: IdArgument,
-    actor: Annotated[str | None, typer.Option("--as", help="who cancels (default: your user name)")] = None,
+    actor: ActorOption = None,
     output: FormatOption = Format.table,
 ) -> None:
     """Stop the waves of an approved proposal that are not written yet."""
     from approval import decisions
 
-    who = actor or getpass.getuser()
-    _run(ctx, output, lambda engine: decisions.cancel(engine, proposal_id, actor=who, now=_now()))
+    _run(
+        ctx,
+        output,
+        lambda engine: decisions.cancel(engine, proposal_id, actor=actor or getpass.getuser(), now=_now()),
+    )
