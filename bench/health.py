@@ -108,10 +108,10 @@ def upgrade_schema() -> None:
 def measure(engine: Engine, runs: int) -> list[dict[str, float]]:
     """Time load + metrics + balance + drift ``runs`` times; one dict of seconds per run."""
     from monitor.balance import balance
+    from monitor.catalog import METRICS
     from monitor.drift import DEFAULT_RULES, apply_hysteresis, evaluate, outside_band
     from monitor.frames import load_inputs
     from monitor.metrics import DEFAULT_TOUCHES, territory_metrics
-    from monitor.names import METRICS
 
     results = []
     for _ in range(runs):

@@ -26,8 +26,8 @@ from sqlalchemy import Connection, Engine, text
 from sqlalchemy.exc import SQLAlchemyError
 
 from monitor.balance import STATS, balance
+from monitor.catalog import BY_NAME, CATALOG, METRICS
 from monitor.drift import DEFAULT_RULES, Rule, RuleKind, evaluate, outside_band
-from monitor.names import METRICS
 from store.models import MOVE_WRITEBACK_STATES, PROPOSAL_STATES, RUN_STATUSES, SYNC_RUN_STATUSES
 
 log = logging.getLogger(__name__)
@@ -41,44 +41,6 @@ def label(value: object) -> str:
     text_value = str(value)
     return text_value if len(text_value) <= MAX_LABEL_CHARS else text_value[: MAX_LABEL_CHARS - 1] + "\u2026"
 
-
-@dataclass(frozen=True)
-class Series:
-    """How one stored metric is exposed: its Prometheus name, help text and the factor to base units."""
-
-    metric: str
-    name: str
-    help: str
-    scale: float = 1.0
-
-
-SERIES: Final = (
-    Series("accounts", "territory_accounts", "Non-deleted accounts in the territory."),
-    Series("strategic_accounts", "territory_strategic_accounts", "Accounts of tier strategic."),
-    Series("arr", "territory_arr", "Sum of the accounts' ARR, in the CRM's currency."),
-    Series("potential", "territory_potential", "Sum of the accounts' potential, in the CRM's currency."),
-    Series(
-        "open_pipeline", "territory_open_pipeline", "Amount of open opportunities, in the CRM's currency."
-    ),
-    Series(
-        "weighted_pipeline",
-        "territory_weighted_pipeline",
-        "Amount times probability of open opportunities, in the CRM's currency.",
-    ),
-    Series("won_12m", "territory_won_12m", "Amount won in the 365 days up to the snapshot date."),
-    Series("win_rate_12m", "territory_win_rate_12m_ratio", "Won over closed opportunities in 365 days."),
-    Series("quota_attainment", "territory_quota_attainment_ratio", "Amount won in 365 days over quota."),
-    Series("workload", "territory_workload_touches", "Expected customer touches a quarter."),
-    Series("utilization", "territory_utilization_ratio", "Workload over the rep's capacity."),
-    Series(
-        "travel_km",
-        "territory_travel_distance_meters",
-        "Mean great-circle distance from the rep's home to the accounts.",
-        scale=1000.0,
-    ),
-    Series("top_account_share", "territory_top_account_share_ratio", "Largest account's share of ARR."),
-)
-SERIES_BY_METRIC: Final = {s.metric: s for s in SERIES}
 
 _LATEST_SNAPSHOT = text(
     "SELECT id, as_of, kind, taken_at FROM snapshots "
@@ -246,7 +208,7 @@ class TerritoryCollector(Collector):
 
     def describe(self) -> Iterable[Metric]:
         """The names this collector exposes, without touching the database (for duplicate checks)."""
-        return [GaugeMetricFamily(s.name, s.help) for s in SERIES] + [
+        return [GaugeMetricFamily(m.prometheus, m.help) for m in CATALOG] + [
             GaugeMetricFamily("territory_collector_up", "")
         ]
 
@@ -308,9 +270,9 @@ class TerritoryCollector(Collector):
                 chosen.index.tolist(), chosen["name"].tolist(), chosen["region"].tolist(), strict=True
             )
         ]
-        for series in SERIES:
-            family = GaugeMetricFamily(series.name, series.help, labels=TERRITORY_LABELS)
-            column = chosen[series.metric].to_numpy(dtype=np.float64, na_value=np.nan) * series.scale
+        for metric in CATALOG:
+            family = GaugeMetricFamily(metric.prometheus, metric.help, labels=TERRITORY_LABELS)
+            column = chosen[metric.name].to_numpy(dtype=np.float64, na_value=np.nan) * metric.scale
             for key, value in zip(keys, column.tolist(), strict=True):
                 if math.isfinite(value):
                     family.add_metric(key, value)
@@ -330,7 +292,7 @@ class TerritoryCollector(Collector):
             for metric in METRICS:
                 value = number(stats.at[metric, stat])
                 if value is not None:
-                    scale = SERIES_BY_METRIC[metric].scale if stat == "mean" else 1.0
+                    scale = BY_NAME[metric].scale if stat == "mean" else 1.0
                     family.add_metric([metric], value * scale)
             yield family
         lower = GaugeMetricFamily(
@@ -343,7 +305,7 @@ class TerritoryCollector(Collector):
             if rule.metric not in metrics.columns:
                 continue
             low, high = band_limits(metrics, rule)
-            scale = SERIES_BY_METRIC[rule.metric].scale
+            scale = BY_NAME[rule.metric].scale
             if low is not None:
                 lower.add_metric([rule.name, rule.metric], low * scale)
             if high is not None:

@@ -17,10 +17,10 @@ import pandas as pd
 from sqlalchemy import Connection, Engine
 
 from monitor.balance import STATS, balance
+from monitor.catalog import CATALOG, METRICS
 from monitor.drift import Rule, apply_hysteresis, evaluate, lookback, outside_band
 from monitor.frames import load_inputs
 from monitor.metrics import UNLOCATED, territory_metrics
-from monitor.names import METRICS
 from monitor.snapshots import (
     EventChanges,
     delete_snapshots,
@@ -33,7 +33,7 @@ from monitor.snapshots import (
 
 log = logging.getLogger(__name__)
 
-COUNT_METRICS = frozenset({"accounts", "strategic_accounts", UNLOCATED})
+INTEGRAL = frozenset({m.name for m in CATALOG if m.integral} | {UNLOCATED})  # JSON integers
 BACKFILL = "backfill"
 
 
@@ -75,7 +75,7 @@ class Health:
         territories = []
         for owner_id, row in self.territories.iterrows():
             entry: dict[str, Any] = {"owner_id": str(owner_id), "owner_name": row["owner_name"]}
-            entry |= {m: _json_number(row[m], m in COUNT_METRICS) for m in METRICS}
+            entry |= {m: _json_number(row[m], m in INTEGRAL) for m in METRICS}
             territories.append(entry)
         stats = {
             metric: {s: _json_number(row[s], s == "outside_band") for s in STATS}

@@ -15,7 +15,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final
 
-RATIO_METRICS: Final = frozenset({"win_rate_12m", "quota_attainment", "utilization", "top_account_share"})
+from monitor.catalog import RATIOS
+
 TREND_COLORS: Final = ("#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b")
 BAR_LABEL_LIMIT: Final = 60
 """Up to this many territories a band chart has one labelled bar each; above, sorted unlabelled columns."""
@@ -115,7 +116,7 @@ def fmt(value: float | None, metric: str = "") -> str:
     """A number for people: percentages for ratios, k/M/B suffixes for large amounts, '-' if undefined."""
     if value is None or not math.isfinite(value):
         return "-"
-    if metric in RATIO_METRICS:
+    if metric in RATIOS:
         return f"{value:.0%}"
     magnitude = abs(value)
     for threshold, suffix in ((1e9, "B"), (1e6, "M"), (1e3, "k")):

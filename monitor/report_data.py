@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from sqlalchemy import Connection, text
 
 from monitor.balance import describe
+from monitor.catalog import METRICS
 from monitor.collector import band_limits, number, read_balance, read_snapshot
 from monitor.drift import Rule, RuleKind
-from monitor.names import METRICS
 from monitor.report import AccountPoint, Balance, Band, DriftRow, ReportData, Territory, TrendPoint
 
 _TREND = text(

@@ -377,8 +377,8 @@ def health(
 
 def _print_health(out: Console, report: Health, snapshot_id: int | None, events: EventChanges | None) -> None:
     """The health table (breaches highlighted), the balance table and a closing line."""
+    from monitor.catalog import METRICS
     from monitor.metrics import UNLOCATED
-    from monitor.names import METRICS
 
     day = report.as_of
     fired = {(str(r.owner_id), str(r.metric)) for r in report.fired.itertuples(index=False)}

@@ -22,7 +22,7 @@ from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
 from connectors.sync import DeleteGuard
-from monitor.names import METRICS
+from monitor.catalog import METRICS
 from service.errors import ConfigError
 from store.db import CONNECT_TIMEOUT_SECONDS, STATEMENT_TIMEOUT_SECONDS
 
@@ -168,7 +168,7 @@ class RuleSettings(Section):
     """One drift rule: band (fraction around the org mean), max (a ceiling) or above_mean (a fraction)."""
 
     enabled: bool = True
-    metric: str = Field(description="one of monitor.names.METRICS")
+    metric: str = Field(description="one of monitor.catalog.METRICS")
     kind: Literal["band", "max", "above_mean"]
     threshold: float = Field(ge=0)
     consecutive: int = Field(1, ge=1, description="snapshots in breach before the rule fires")

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from connectors.sandbox.generator import generate_org
 from connectors.sandbox.seed import load_org
 from monitor.balance import STATS
-from monitor.names import METRICS
+from monitor.catalog import METRICS
 from service.cli import app
 from store.db import make_engine
 from tests.e2e.test_cli import run

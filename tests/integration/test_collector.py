@@ -16,9 +16,9 @@ from prometheus_client.core import Metric
 from prometheus_client.registry import Collector
 from sqlalchemy import Engine, insert, text
 
+from monitor.catalog import METRICS
 from monitor.collector import MAX_LABEL_CHARS, TerritoryCollector, date_seconds, label, register, worst_first
 from monitor.drift import DEFAULT_RULES
-from monitor.names import METRICS
 from store.bulk import copy_frame
 from store.models import (
     Account,

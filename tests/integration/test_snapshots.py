@@ -13,6 +13,7 @@ from sqlalchemy import Connection, Engine, text
 from connectors.sandbox.generator import generate_org
 from connectors.sandbox.seed import load_org
 from monitor.balance import STATS
+from monitor.catalog import METRICS
 from monitor.drift import DEFAULT_RULES, Rule, RuleKind
 from monitor.frames import _FIELDS, column_arrays, load_inputs
 from monitor.jobs import backfill, compute_health, month_starts, take_snapshot
@@ -25,7 +26,6 @@ from monitor.metrics import (
     territory_metrics,
     territory_pipeline,
 )
-from monitor.names import METRICS
 
 pytestmark = pytest.mark.integration
 

@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from monitor.catalog import METRICS
 from monitor.drift import DEFAULT_RULES, Rule, RuleKind, apply_hysteresis, evaluate, lookback, outside_band
-from monitor.names import METRICS
 from service.errors import ConfigError
 from service.settings import RuleSettings, load_settings
 

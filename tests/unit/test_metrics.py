@@ -11,6 +11,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from monitor.catalog import ADDITIVE, BY_NAME, METRICS, summand
 from monitor.metrics import (
     ACCOUNT_COLUMNS,
     DEFAULT_TOUCHES,
@@ -23,7 +24,6 @@ from monitor.metrics import (
     territory_pipeline,
     territory_sums,
 )
-from monitor.names import METRICS
 
 D = dt.date(2026, 6, 30)
 KM_PER_DEGREE = 6371.0 * math.pi / 180  # along the equator or a meridian
@@ -215,16 +215,9 @@ def test_haversine_known_distances() -> None:
 
 # --- invariants -------------------------------------------------------------------------------------
 
-ADDITIVE = (
-    "accounts",
-    "strategic_accounts",
-    "arr",
-    "potential",
-    "open_pipeline",
-    "weighted_pipeline",
-    "won_12m",
-    "workload",
-)
+# The catalogue's claim, proven below: these are per-account sums whose org total a move keeps.
+SUMS = tuple(m for m in ADDITIVE if BY_NAME[m].divisor is None)
+QUOTIENTS = tuple(m for m in ADDITIVE if BY_NAME[m].divisor is not None)
 
 
 @st.composite
@@ -301,8 +294,13 @@ def test_sums_over_territories_equal_org_totals(org: tuple[pd.DataFrame, pd.Data
         "won_12m": accounts["won_amount"].sum(),
         "workload": touches.sum(),
     }
-    for metric in ADDITIVE:
+    assert set(SUMS) == set(totals)
+    for metric in SUMS:
         assert got[metric].sum() == pytest.approx(totals[metric], rel=1e-9, abs=1e-6), metric
+    for metric in QUOTIENTS:  # a sum over the owner's divisor, where the owner has one
+        record = BY_NAME[metric]
+        expected = got[summand(metric)] / owners[str(record.divisor)].where(owners[str(record.divisor)] > 0)
+        pd.testing.assert_series_equal(got[metric], expected, check_names=False)
     assert got[UNLOCATED].sum() == accounts["lat"].isna().sum()
     shares = got["top_account_share"].dropna()
     assert ((shares >= 0) & (shares <= 1 + 1e-12)).all()
