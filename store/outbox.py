@@ -14,6 +14,14 @@ from store.models import Outbox
 
 _O = Outbox.__table__
 
+WRITEBACK = "writeback"
+"""``outbox.kind`` of a proposal's write-back: one job per approved proposal, key ``writeback:{id}``."""
+
+
+def writeback_key(proposal_id: int) -> str:
+    """The idempotency key of a proposal's write-back job."""
+    return f"{WRITEBACK}:{proposal_id}"
+
 
 @dataclass(frozen=True)
 class Job:
@@ -47,13 +55,23 @@ def enqueue(
     return new is not None
 
 
-def claim(conn: Connection, *, worker: str, now: dt.datetime, kind: str, limit: int = 10) -> list[Job]:
-    """Claim up to ``limit`` due jobs of ``kind``; rows another transaction holds are skipped, not awaited."""
+def claim(
+    conn: Connection, *, worker: str, now: dt.datetime, kind: str, limit: int = 10, key: str | None = None
+) -> list[Job]:
+    """Claim up to ``limit`` due jobs of ``kind`` (only the one of ``key``, if given).
+
+    Rows another transaction holds are skipped, not awaited. The row lock lasts until the caller's
+    transaction ends, so a worker that keeps it open while it works is the only one on that job; if the
+    worker dies, the lock goes with its connection and the job is due again.
+    """
     if limit < 1:
         raise StoreError(f"claim limit must be positive, not {limit}")
+    conditions = [_O.c.kind == kind, _O.c.done_at.is_(None), _O.c.available_at <= now]
+    if key is not None:
+        conditions.append(_O.c.idempotency_key == key)
     due = (
         select(_O.c.id)
-        .where(_O.c.kind == kind, _O.c.done_at.is_(None), _O.c.available_at <= now)
+        .where(*conditions)
         .order_by(_O.c.available_at, _O.c.id)
         .limit(limit)
         .with_for_update(skip_locked=True)

@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import Connection, RowMapping, Text, cast, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
+from store import outbox
 from store.errors import StoreError
 from store.models import Account, AuditLog, Override, Proposal, ProposalMove
 
@@ -509,6 +510,14 @@ def approve(
             .values(writeback_state="cancelled")
         )
         _record_overrides(conn, proposal_id, chosen, actor=actor, reason=reason, now=now, cooldown=cooldown)
+    # The write-back job commits with the decision: an approval is never left without its worker.
+    outbox.enqueue(
+        conn,
+        kind=outbox.WRITEBACK,
+        key=outbox.writeback_key(proposal_id),
+        payload={"proposal_id": proposal_id},
+        available_at=now,
+    )
     return summary
 
 
@@ -681,3 +690,36 @@ def record_move_result(
         move_id=move_id,
     )
     return True
+
+
+def lock_state(conn: Connection, proposal_id: int) -> str:
+    """The proposal's state, with its row locked until the transaction ends.
+
+    The write-back holds this lock while one chunk of moves goes to the CRM and is recorded, so a
+    concurrent ``cancel`` waits for the chunk instead of marking moves cancelled that were just written.
+    """
+    state = conn.execute(
+        select(_P.c.state).where(_P.c.id == proposal_id).with_for_update()
+    ).scalar_one_or_none()
+    if state is None:
+        raise UnknownProposalError(f"no proposal {proposal_id}")
+    return str(state)
+
+
+def move_states(conn: Connection, proposal_id: int) -> dict[str, int]:
+    """How many of the proposal's moves are in each write-back state."""
+    rows = conn.execute(
+        select(_M.c.writeback_state, func.count())
+        .where(_M.c.proposal_id == proposal_id)
+        .group_by(_M.c.writeback_state)
+    ).all()
+    return {str(state): int(n) for state, n in rows}
+
+
+def next_effective_date(conn: Connection, proposal_id: int, *, today: dt.date) -> dt.date | None:
+    """The earliest effective date of the moves still pending (a move without one is due ``today``)."""
+    return conn.execute(
+        select(func.min(func.coalesce(_M.c.effective_date, today))).where(
+            _M.c.proposal_id == proposal_id, _M.c.writeback_state == "pending"
+        )
+    ).scalar_one_or_none()

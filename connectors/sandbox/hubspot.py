@@ -18,7 +18,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections import deque
+from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -343,6 +343,7 @@ class SandboxState:
         )
         self.deals = self._deals(org.opportunities, owner_ids)
         self.requests = 0
+        self.api_writes: Counter[tuple[str, str]] = Counter()  # (kind, id) -> API updates, for exactly-once
 
     @staticmethod
     def _owner_column(values: pd.Series, owner_ids: Mapping[str, str]) -> Column:
@@ -858,6 +859,7 @@ def batch_update(state: SandboxState, kind: str, body: Mapping[str, Any]) -> tup
                     invalid.setdefault(name, []).append(object_id)
                 continue
             table.write(row, {k: None if v is None else str(v) for k, v in values.items()}, now)
+            state.api_writes[(kind, object_id)] += 1
             results.append(table.render(row, list(values)))
     errors = []
     if missing:

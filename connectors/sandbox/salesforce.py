@@ -26,6 +26,7 @@ import re
 import secrets
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from http import HTTPStatus
@@ -287,6 +288,7 @@ class SandboxState:
         self.jobs: dict[str, dict[str, Any]] = {}
         self.job_rows: dict[str, list[int]] = {}
         self.requests_by_path: dict[str, int] = {}
+        self.api_writes: Counter[tuple[str, str]] = Counter()  # (sobject, id) -> API updates
         self._ids = itertools.count(1)
 
     def record(self, obj: str, record_id: str) -> dict[str, Any] | None:
@@ -721,6 +723,7 @@ class SalesforceApi:
                 self._check_unmodified(table, row, headers.get("If-Unmodified-Since"))
                 values = self._writable(table, json.loads(body or b"{}"))
                 self.state.update(table.name, record_id, values)
+                self.state.api_writes[(table.name, record_id)] += 1
                 return 204, None, {}
             if method == "DELETE" and deleted is not None:
                 self.state.delete(table.name, record_id)

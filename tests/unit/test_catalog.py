@@ -22,7 +22,8 @@ def test_series_names_follow_the_prometheus_naming_rules() -> None:
         if metric.kind == "ratio":
             assert metric.prometheus.endswith("_ratio"), metric.name
         if metric.kind == "distance":  # stored in km, exposed in the base unit
-            assert metric.prometheus.endswith("_meters") and metric.scale == 1000.0, metric.name
+            assert metric.prometheus.endswith("_meters"), metric.name
+            assert metric.scale == 1000.0, metric.name
         else:
             assert metric.scale == 1.0, metric.name
 
@@ -31,6 +32,8 @@ def test_quotients_name_a_per_account_sum_and_an_owner_divisor() -> None:
     for name in ADDITIVE:
         record = BY_NAME[name]
         assert (record.summand is None) == (record.divisor is None), name
-        assert BY_NAME[summand(name)].additive and BY_NAME[summand(name)].divisor is None, name
+        assert BY_NAME[summand(name)].additive, name
+        assert BY_NAME[summand(name)].divisor is None, name
     assert {n for n in ADDITIVE if BY_NAME[n].divisor} == {"utilization", "quota_attainment"}
-    assert "utilization" in RATIOS and "arr" not in RATIOS
+    assert "utilization" in RATIOS
+    assert "arr" not in RATIOS
