@@ -214,8 +214,8 @@ def _settle(engine: Engine, report: ApplyReport, *, now: dt.datetime, today: dt.
         others = sum(n for s, n in states.items() if s not in ("written", "cancelled"))
         final = "applied" if not others else "partially_applied" if written else "failed"
         try:
-            props.transition(conn, report.proposal_id, to=final, expected=("applying",), actor=ACTOR, now=now,
-                             detail={"moves": states})  # fmt: skip
+            props.finish_application(conn, report.proposal_id, to=final, actor=ACTOR, now=now,
+                                     detail={"moves": states})  # fmt: skip
         except props.WrongStateError:  # cancelled between the last chunk and now: the cancel stands
             return report
         report.state = final

@@ -233,6 +233,7 @@ def create_proposal(
     tradeoff: list[Any] | None = None,
     waves: list[Any] | None = None,
     actor: str = "rebalancer",
+    reverts: int | None = None,
 ) -> tuple[int, bool]:
     """Store a proposal and its moves once per input ``fingerprint``; return ``(id, created)``."""
     if not fingerprint.strip():
@@ -263,6 +264,7 @@ def create_proposal(
             after_metrics=after_metrics,
             tradeoff=tradeoff,
             waves=waves,
+            reverts_proposal_id=reverts,
         )
         .on_conflict_do_nothing(index_elements=["idempotency_key"])
         .returning(_P.c.id)
@@ -723,3 +725,60 @@ def next_effective_date(conn: Connection, proposal_id: int, *, today: dt.date) -
             _M.c.proposal_id == proposal_id, _M.c.writeback_state == "pending"
         )
     ).scalar_one_or_none()
+
+
+REVERTIBLE = ("applied", "partially_applied")
+
+
+def create_revert(
+    conn: Connection, proposal_id: int, *, actor: str, now: dt.datetime, expires_at: dt.datetime | None
+) -> tuple[int, bool]:
+    """A proposal that moves every written account of ``proposal_id`` back; ``(id, created)``.
+
+    It is approved and written like any proposal (its expected owner is the one the original wrote);
+    once it is applied, the original becomes ``reverted``. Asking twice gives the same revert.
+    """
+    original = get_proposal(conn, proposal_id)
+    if original.state not in REVERTIBLE:
+        raise WrongStateError(original, "reverted")
+    written = conn.execute(
+        select(_M).where(_M.c.proposal_id == proposal_id, _M.c.writeback_state == "written")
+        .order_by(_M.c.account_id)
+    ).mappings()  # fmt: skip
+    moves = [
+        NewMove(
+            account_id=m["account_id"],
+            from_owner_id=m["to_owner_id"],
+            to_owner_id=m["from_owner_id"],
+            expected_owner_id=m["to_owner_id"],
+            rationale=f"reverts proposal {proposal_id}: back to its owner before that proposal",
+        )
+        for m in written
+    ]
+    if not moves:
+        raise ProposalError(f"proposal {proposal_id} wrote no move; there is nothing to revert")
+    return create_proposal(
+        conn,
+        scenario=f"revert of {proposal_id}",
+        fingerprint=f"revert:{proposal_id}",
+        moves=moves,
+        now=now,
+        expires_at=expires_at,
+        params={"reverts": proposal_id},
+        actor=actor,
+        reverts=proposal_id,
+    )
+
+
+def finish_application(
+    conn: Connection, proposal_id: int, *, to: str, actor: str, now: dt.datetime, detail: dict[str, Any]
+) -> ProposalSummary:
+    """Move an applying proposal to its final state; a revert that wrote anything reverts its original."""
+    summary = transition(
+        conn, proposal_id, to=to, expected=("applying",), actor=actor, now=now, detail=detail
+    )
+    original = conn.execute(select(_P.c.reverts_proposal_id).where(_P.c.id == proposal_id)).scalar_one()
+    if original is not None and to in REVERTIBLE:
+        transition(conn, int(original), to="reverted", expected=REVERTIBLE, actor=actor, now=now,
+                   detail={"by_proposal": proposal_id})  # fmt: skip
+    return summary

@@ -279,3 +279,29 @@ def test_hubspot_moves_are_written_once_and_conflicts_skipped(db: Engine, org: O
             assert server.state.api_writes[("companies", move.account_id)] == 1
         assert server.state.api_writes[("companies", raced.account_id)] == 0
         assert move_states(db, proposal_id)[raced.account_id] == "conflict"
+
+
+def test_a_revert_is_a_proposal_that_moves_the_written_accounts_back(
+    db: Engine, synced: Connector, salesforce: salesforce_sandbox.SandboxServer
+) -> None:
+    moves = planned_moves(db, 4)
+    proposal_id = approved(db, moves)
+    run_due(db, synced, now=NOW, worker="w1")
+    with db.begin() as conn:
+        revert_id, created = props.create_revert(conn, proposal_id, actor="Sam", now=NOW, expires_at=None)
+        again, created_again = props.create_revert(conn, proposal_id, actor="Sam", now=NOW, expires_at=None)
+        reverse = props.show_proposal(conn, revert_id).move_rows
+    assert (created, created_again, again) == (True, False, revert_id)
+    assert {(m.account_id, m.from_owner_id, m.to_owner_id, m.expected_owner_id) for m in reverse} == {
+        (m.account_id, m.to_owner_id, m.from_owner_id, m.to_owner_id) for m in moves
+    }
+    assert state_of(db, proposal_id) == "applied"  # a revert is approved like any proposal
+    with db.begin() as conn:
+        props.approve(conn, revert_id, actor="Sam", now=NOW)
+    [report] = run_due(db, synced, now=NOW, worker="w1")
+    assert (report.state, report.written) == ("applied", 4)
+    assert state_of(db, proposal_id) == "reverted"
+    for move in moves:
+        assert salesforce.state.record("Account", move.account_id)["OwnerId"] == move.from_owner_id  # type: ignore[index]
+    with db.begin() as conn, pytest.raises(props.WrongStateError):
+        props.create_revert(conn, proposal_id, actor="Sam", now=NOW, expires_at=None)
