@@ -23,7 +23,14 @@ import pandas as pd
 import psycopg
 from sqlalchemy import Connection, Engine, text
 
-from monitor.metrics import BOOK_SUMS, OWNER_COLUMNS, PIPELINE_COLUMNS, TIERS, WON_WINDOW_DAYS
+from monitor.metrics import (
+    ACCOUNT_COLUMNS,
+    BOOK_SUMS,
+    OWNER_COLUMNS,
+    PIPELINE_COLUMNS,
+    TIERS,
+    WON_WINDOW_DAYS,
+)
 
 log = logging.getLogger(__name__)
 
@@ -89,6 +96,24 @@ _POSITION: Final = {
     "positions": ", string_agg(int8send(position), ''::bytea)",
 }
 
+# The opportunities that count at D, each flagged closed at D (closed today with a close date on or
+# before D, or none) and in the won window (D - 365 days, D]: the one definition of docs/metrics.md.
+_OPPORTUNITIES_AT_D = """
+        SELECT account_id, amount, coalesce(probability, 0) AS probability, is_won,
+               is_closed AND (close_date IS NULL OR close_date <= %(as_of)s) AS closed,
+               is_closed AND close_date <= %(as_of)s
+                   AND close_date > %(as_of)s::date - %(window)s AS in_window
+        FROM opportunities
+        WHERE NOT deleted
+          AND (NOT is_closed OR close_date > %(as_of)s::date - %(window)s)
+"""
+_PIPELINE_SUMS = """
+           sum(o.amount) FILTER (WHERE NOT o.closed) AS open_amount,
+           sum(o.amount * o.probability) FILTER (WHERE NOT o.closed) AS weighted_amount,
+           sum(o.amount) FILTER (WHERE o.in_window AND o.is_won) AS won_amount,
+           count(*) FILTER (WHERE o.in_window AND o.is_won) AS won_count,
+           count(*) FILTER (WHERE o.in_window) AS closed_count"""
+
 # Opportunities as of D summed per owner at D, exactly (numeric), then handed over as float8: closed at
 # D when closed today with a close date on or before D (or none), else open; won/closed counts over
 # (D - 365 days, D]. The inner grouping has a few thousand groups with known statistics, so Postgres
@@ -97,21 +122,12 @@ _PIPELINE = (
     "WITH"  # noqa: S608 (built from constants only, no input)
     + _MOVED
     + """, per_owner AS (
-    SELECT a.owner_id AS current_owner, m.account_id IS NOT NULL AS moved, m.owner_id AS owner_at_d,
-           sum(o.amount) FILTER (WHERE NOT o.closed) AS open_amount,
-           sum(o.amount * o.probability) FILTER (WHERE NOT o.closed) AS weighted_amount,
-           sum(o.amount) FILTER (WHERE o.in_window AND o.is_won) AS won_amount,
-           count(*) FILTER (WHERE o.in_window AND o.is_won) AS won_count,
-           count(*) FILTER (WHERE o.in_window) AS closed_count
-    FROM (
-        SELECT account_id, amount, coalesce(probability, 0) AS probability, is_won,
-               is_closed AND (close_date IS NULL OR close_date <= %(as_of)s) AS closed,
-               is_closed AND close_date <= %(as_of)s
-                   AND close_date > %(as_of)s::date - %(window)s AS in_window
-        FROM opportunities
-        WHERE NOT deleted
-          AND (NOT is_closed OR close_date > %(as_of)s::date - %(window)s)
-    ) o
+    SELECT a.owner_id AS current_owner, m.account_id IS NOT NULL AS moved, m.owner_id AS owner_at_d,"""
+    + _PIPELINE_SUMS
+    + """
+    FROM ("""
+    + _OPPORTUNITIES_AT_D
+    + """    ) o
     JOIN accounts a ON a.id = o.account_id
     LEFT JOIN moved m ON m.account_id = a.id
     WHERE NOT a.deleted
@@ -124,6 +140,37 @@ FROM per_owner
 GROUP BY 1
 """
 )
+
+# One row per non-deleted account as of D, in id order: its owner at D, its book columns and its
+# opportunities summed per account with the same definitions as _PIPELINE, plus the highest
+# probability among its opportunities open at D (what the rebalancer's deal lock reads).
+_ACCOUNT_ROWS = (
+    "WITH"  # noqa: S608 (built from constants only, no input)
+    + _MOVED
+    + """, per_account AS (
+    SELECT o.account_id,"""
+    + _PIPELINE_SUMS
+    + """,
+           max(o.probability) FILTER (WHERE NOT o.closed) AS max_open_probability
+    FROM ("""
+    + _OPPORTUNITIES_AT_D
+    + """    ) o
+    GROUP BY o.account_id
+)
+SELECT a.id, CASE WHEN m.account_id IS NOT NULL THEN m.owner_id ELSE a.owner_id END AS owner_id, a.tier,
+       coalesce(a.arr, 0)::float8, coalesce(a.potential, 0)::float8,
+       coalesce(a.lat, 'NaN')::float8, coalesce(a.lon, 'NaN')::float8,
+       coalesce(p.open_amount, 0)::float8, coalesce(p.weighted_amount, 0)::float8,
+       coalesce(p.won_amount, 0)::float8, coalesce(p.won_count, 0)::float8,
+       coalesce(p.closed_count, 0)::float8, p.max_open_probability::float8
+FROM accounts a
+LEFT JOIN moved m ON m.account_id = a.id
+LEFT JOIN per_account p ON p.account_id = a.id
+WHERE NOT a.deleted
+ORDER BY a.id
+"""
+)
+ACCOUNT_ROW_COLUMNS: Final = (*ACCOUNT_COLUMNS, "max_open_probability")
 
 # Per-account columns of the accounts query and their wire types: float8 coordinates, int8 rank by id.
 _FIELDS: Final = (("lat", ">f8"), ("lon", ">f8"), ("position", ">i8"))
@@ -263,6 +310,22 @@ def _pipeline_in_snapshot(
             return load_pipeline(helper, as_of, territories)
         finally:
             helper.rollback()
+
+
+def load_account_rows(conn: Connection, as_of: dt.date) -> pd.DataFrame:
+    """Every non-deleted account as of ``as_of``, one row each (index ``account_id``, in id order).
+
+    The columns are ``ACCOUNT_ROW_COLUMNS``: the per-account inputs of
+    ``monitor.metrics.territory_metrics`` (so the metrics of any assignment of these accounts are that
+    function of these rows, and a move changes exactly its two territories), and
+    ``max_open_probability`` (NaN without an open opportunity). ``owner_id`` is the owner at ``as_of``.
+    """
+    with _cursor(conn) as cur:
+        rows = cur.execute(_ACCOUNT_ROWS, _params(as_of), binary=True).fetchall()
+    frame = pd.DataFrame(rows, columns=["account_id", *ACCOUNT_ROW_COLUMNS])
+    numbers = [c for c in ACCOUNT_ROW_COLUMNS if c not in ("owner_id", "tier")]
+    frame[numbers] = frame[numbers].astype(np.float64)
+    return frame.set_index("account_id")
 
 
 def load_inputs(conn: Connection, as_of: dt.date, *, by_id: bool = False) -> Inputs:

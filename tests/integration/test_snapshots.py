@@ -15,7 +15,7 @@ from connectors.sandbox.seed import load_org
 from monitor.balance import STATS
 from monitor.catalog import METRICS
 from monitor.drift import DEFAULT_RULES, Rule, RuleKind
-from monitor.frames import _FIELDS, column_arrays, load_inputs
+from monitor.frames import _FIELDS, column_arrays, load_account_rows, load_inputs
 from monitor.jobs import backfill, compute_health, month_starts, take_snapshot
 from monitor.metrics import (
     ACCOUNT_COLUMNS,
@@ -135,6 +135,23 @@ def test_sql_aggregates_agree_with_the_pure_definitions(db: Engine) -> None:
     assert got.loc["B", "won_12m"] == 30.0  # o5 is more than 365 days old
     assert np.isnan(got.loc["B", "quota_attainment"])
     assert got.loc["A", UNLOCATED] == 1
+
+
+def test_account_rows_give_the_metrics_of_the_snapshot_path(db: Engine) -> None:
+    with db.begin() as conn:
+        seed(conn)
+    with db.connect() as conn:
+        rows = load_account_rows(conn, D)
+        loaded = load_inputs(conn, D)
+        health = compute_health(conn, DEFAULT_TOUCHES, DEFAULT_RULES, D, hysteresis=False)
+    assert list(rows.index) == ["a1", "a2", "b1", "b2", "n1"]  # in id order, the deleted one left out
+    assert rows.loc["a1", "owner_id"] == "A"
+    assert pd.isna(rows.loc["n1", "owner_id"])  # nobody's at D
+    assert rows.loc["a1", "max_open_probability"] == 0.5  # o1; o2 is closed after D, so open at D too
+    assert np.isnan(rows.loc["b1", "max_open_probability"])
+    expected = territory_metrics(loaded.owners, rows[list(ACCOUNT_COLUMNS)].reset_index(drop=True))
+    got = health.territories[list(expected.columns)]
+    pd.testing.assert_frame_equal(got, expected, check_dtype=False)
 
 
 def test_pipeline_goes_with_the_account_to_its_owner_at_d(db: Engine) -> None:
