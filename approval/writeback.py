@@ -31,7 +31,7 @@ from typing import Protocol
 
 from sqlalchemy import Connection, Engine
 
-from connectors.base import OwnerChange, WriteOutcome, WriteResult
+from connectors.base import CrmObject, OwnerChange, WriteOutcome, WriteResult
 from connectors.errors import ConnectorError
 from store import outbox
 from store import proposals as props
@@ -48,7 +48,9 @@ _BACKOFF_CAP = dt.timedelta(hours=1)
 class OwnerWriter(Protocol):
     """What the worker needs of a connector."""
 
-    def apply_owner_changes(self, changes: Sequence[OwnerChange]) -> list[WriteResult]: ...
+    def apply_owner_changes(
+        self, changes: Sequence[OwnerChange], obj: CrmObject = CrmObject.accounts
+    ) -> list[WriteResult]: ...
 
 
 @dataclass
@@ -92,6 +94,7 @@ def run_due(
     proposal_id: int | None = None,
     chunk: int = DEFAULT_CHUNK,
     max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+    opportunities_follow: bool = True,
 ) -> list[ApplyReport]:
     """Work every due write-back job (only ``proposal_id``'s, if given); one report per job worked.
 
@@ -112,6 +115,7 @@ def run_due(
                 now=now,
                 chunk=chunk,
                 give_up=job.attempts >= max_attempts,
+                opportunities_follow=opportunities_follow,
             )
             _finish_job(job_conn, job, report, now)
             reports.append(report)
@@ -137,8 +141,12 @@ def apply_proposal(
     now: dt.datetime,
     chunk: int = DEFAULT_CHUNK,
     give_up: bool = False,
+    opportunities_follow: bool = True,
 ) -> ApplyReport:
-    """Write the proposal's due moves; with ``give_up``, a transient failure records them failed."""
+    """Write the proposal's due moves; with ``give_up``, a transient failure records them failed.
+
+    With ``opportunities_follow`` the open opportunities that the old owner owns move with the account.
+    """
     today = now.astimezone(dt.UTC).date()
     with engine.begin() as conn:
         state = props.get_proposal(conn, proposal_id).state
@@ -148,9 +156,24 @@ def apply_proposal(
         due = props.due_moves(conn, proposal_id, today=today) if state == "applying" else []
     report = ApplyReport(proposal_id, state)
     for start in range(0, len(due), chunk):
-        if not _write_chunk(engine, crm, due[start : start + chunk], report, now=now, give_up=give_up):
+        moves = due[start : start + chunk]
+        if not _write_chunk(engine, crm, moves, report, now=now, give_up=give_up,
+                            opportunities_follow=opportunities_follow):  # fmt: skip
             break
     return _settle(engine, report, now=now, today=today)
+
+
+def _send(crm: OwnerWriter, changes: Sequence[OwnerChange], obj: CrmObject) -> list[WriteResult]:
+    """The connector's answer per change; a connector error is a transient failure of every change."""
+    try:
+        return crm.apply_owner_changes(changes, obj)
+    except ConnectorError as exc:
+        detail = {"error": str(exc), "retriable": True}
+        return [WriteResult(c.account_id, WriteOutcome.failed, detail) for c in changes]
+
+
+def _transient(result: WriteResult) -> bool:
+    return result.outcome is WriteOutcome.failed and bool(result.detail.get("retriable"))
 
 
 def _write_chunk(
@@ -161,33 +184,64 @@ def _write_chunk(
     *,
     now: dt.datetime,
     give_up: bool,
+    opportunities_follow: bool,
 ) -> bool:
     """One chunk in one transaction under the proposal's row lock; False when the pass should stop."""
     with engine.begin() as conn:
         if props.lock_state(conn, report.proposal_id) != "applying":  # cancelled meanwhile
             return False
         changes = [OwnerChange(m.account_id, m.expected_owner_id, m.to_owner_id, now) for m in moves]
-        try:
-            results = crm.apply_owner_changes(changes)
-        except ConnectorError as exc:
-            results = [WriteResult(c.account_id, WriteOutcome.failed, {"error": str(exc), "retriable": True})
-                       for c in changes]  # fmt: skip
-        transient = False
+        results = _send(crm, changes, CrmObject.accounts)
+        followed = _follow(conn, crm, moves, results, now) if opportunities_follow else {}
+        errors: list[str] = []
         for move, result in zip(moves, results, strict=True):
-            retriable = result.outcome is WriteOutcome.failed and bool(result.detail.get("retriable"))
-            if retriable and not give_up:
-                transient = True
+            opportunities = followed.get(move.id, [])
+            stuck = [r for r in (result, *opportunities) if _transient(r)]
+            if stuck and not give_up:  # stays pending: the next pass finds what was written and goes on
+                errors.append(str(stuck[0].detail.get("error") or "a transient CRM error"))
                 continue
-            outcome = result.outcome.value
+            response = dict(result.detail)
+            if opportunities:
+                response["opportunities"] = [
+                    {"id": r.account_id, "outcome": r.outcome.value, **dict(r.detail)} for r in opportunities
+                ]
             if props.record_move_result(
-                conn, move.id, outcome=outcome, crm_response=dict(result.detail), actor=ACTOR, now=now
+                conn, move.id, outcome=result.outcome.value, crm_response=response, actor=ACTOR, now=now
             ):
                 _count(report, result.outcome)
-        if transient:
-            error = next(str(r.detail.get("error", "")) for r in results if r.detail.get("retriable"))
-            report.errors.append(error or "a transient CRM error")
-            log.warning("write-back will retry", extra={"proposal_id": report.proposal_id, "error": error})
-        return not transient
+        if errors:
+            report.errors.append(errors[0])
+            log.warning(
+                "write-back will retry", extra={"proposal_id": report.proposal_id, "error": errors[0]}
+            )
+        return not errors
+
+
+def _follow(
+    conn: Connection,
+    crm: OwnerWriter,
+    moves: Sequence[props.MoveRow],
+    results: Sequence[WriteResult],
+    now: dt.datetime,
+) -> dict[int, list[WriteResult]]:
+    """Move the open opportunities the old owner owns along with each written account, by move id.
+
+    Conflict-checked like the accounts: an opportunity whose CRM owner changed meanwhile is left as
+    it is and reported. A re-run finds the ones already moved and writes them no second time.
+    """
+    written = [m for m, r in zip(moves, results, strict=True) if r.outcome is WriteOutcome.written]
+    opportunities = props.open_opportunities(conn, [(m.account_id, m.from_owner_id) for m in written])
+    owners: list[int] = []
+    changes: list[OwnerChange] = []
+    for move in written:
+        for opportunity_id in opportunities.get(move.account_id, []):
+            owners.append(move.id)
+            changes.append(OwnerChange(opportunity_id, move.from_owner_id, move.to_owner_id, now))
+    followed: dict[int, list[WriteResult]] = {}
+    if changes:
+        for move_id, result in zip(owners, _send(crm, changes, CrmObject.opportunities), strict=True):
+            followed.setdefault(move_id, []).append(result)
+    return followed
 
 
 def _count(report: ApplyReport, outcome: WriteOutcome) -> None:

@@ -80,7 +80,11 @@ class Batch:
 
 @dataclass(frozen=True)
 class OwnerChange:
-    """Move ``account_id`` from ``expected_owner_id`` (what the CRM must still say) to ``to_owner_id``."""
+    """Move ``account_id`` from ``expected_owner_id`` (what the CRM must still say) to ``to_owner_id``.
+
+    Written to opportunities (an account's open opportunities follow it), ``account_id`` holds the
+    opportunity's id: the record whose owner changes.
+    """
 
     account_id: str
     expected_owner_id: str
@@ -115,6 +119,12 @@ class Connector(Protocol):
         """Batches of what changed since ``since`` (everything when ``full`` or ``since`` is None)."""
         ...
 
-    def apply_owner_changes(self, changes: Sequence[OwnerChange]) -> list[WriteResult]:
-        """Write owner changes whose account still has the expected owner; report each outcome."""
+    def apply_owner_changes(
+        self, changes: Sequence[OwnerChange], obj: CrmObject = CrmObject.accounts
+    ) -> list[WriteResult]:
+        """Write owner changes of accounts (or opportunities) whose record still has the expected owner.
+
+        One result per change, in order; a record that already has its target owner is ``written``
+        (``detail["already"]``), so a re-run after a crash writes nothing twice.
+        """
         ...

@@ -149,7 +149,9 @@ class CsvConnector:
         for chunk in self._chunks(name):
             yield chunk.apply(lambda col: col.str.strip())[list(FILES[name])]
 
-    def apply_owner_changes(self, changes: Sequence[OwnerChange]) -> list[WriteResult]:
+    def apply_owner_changes(
+        self, changes: Sequence[OwnerChange], obj: CrmObject = CrmObject.accounts
+    ) -> list[WriteResult]:
         """A CSV export cannot be written to: every change fails, saying so."""
         detail = {"error": "a CSV export is read-only; apply the change in the CRM itself"}
         return [WriteResult(c.account_id, WriteOutcome.failed, detail) for c in changes]

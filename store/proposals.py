@@ -13,12 +13,12 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, RowMapping, Text, cast, func, insert, select, update
+from sqlalchemy import Connection, RowMapping, Text, cast, func, insert, select, tuple_, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from store import outbox
 from store.errors import StoreError
-from store.models import Account, AuditLog, Override, Proposal, ProposalMove
+from store.models import Account, AuditLog, Opportunity, Override, Proposal, ProposalMove
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     "proposed": frozenset({"approved", "rejected", "expired", "superseded"}),
@@ -153,6 +153,7 @@ class ProposalDetail:
 
 _P = Proposal.__table__
 _M = ProposalMove.__table__
+_OPP = Opportunity.__table__
 _SUMMARY_COLUMNS = (
     _P.c.id,
     _P.c.scenario,
@@ -782,3 +783,27 @@ def finish_application(
         transition(conn, int(original), to="reverted", expected=REVERTIBLE, actor=actor, now=now,
                    detail={"by_proposal": proposal_id})  # fmt: skip
     return summary
+
+
+def open_opportunities(conn: Connection, moves: Sequence[tuple[str, str]]) -> dict[str, list[str]]:
+    """The open opportunities of each ``(account_id, old_owner_id)`` that the old owner owns, by account.
+
+    These follow an account's owner change when the write-back is configured so (the CRMs' APIs do
+    not cascade an account's owner to its opportunities).
+    """
+    if not moves:
+        return {}
+    pairs = list(dict.fromkeys(moves))
+    rows = conn.execute(
+        select(_OPP.c.account_id, _OPP.c.id)
+        .where(
+            tuple_(_OPP.c.account_id, _OPP.c.owner_id).in_(pairs),
+            _OPP.c.is_closed.is_(False),
+            _OPP.c.deleted.is_(False),
+        )
+        .order_by(_OPP.c.account_id, _OPP.c.id)
+    ).all()
+    found: dict[str, list[str]] = {}
+    for account_id, opportunity_id in rows:
+        found.setdefault(str(account_id), []).append(str(opportunity_id))
+    return found

@@ -11,6 +11,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from connectors.base import Batch, CrmObject, Cursor, OwnerChange, WriteResult
+from connectors.errors import ConnectorConfigError
 from connectors.hubspot import writeback
 from connectors.hubspot.client import HubSpotClient
 from connectors.hubspot.streams import ObjectStream, owner_batches, prefetched
@@ -68,11 +69,20 @@ class HubSpotConnector:
             return prefetched(self.deals.batches(start), self.prefetch)
         raise ValueError(f"HubSpot has no {obj}")
 
-    def apply_owner_changes(self, changes: Sequence[OwnerChange]) -> list[WriteResult]:
-        """Write owner changes whose company still has the expected owner; one result per change."""
+    def apply_owner_changes(
+        self, changes: Sequence[OwnerChange], obj: CrmObject = CrmObject.accounts
+    ) -> list[WriteResult]:
+        """Write owner changes whose company (or deal) still has the expected owner; one result each."""
+        if obj is CrmObject.owners:
+            raise ValueError("owners have no owner to change")
+        deals = obj is CrmObject.opportunities
+        owner_property = self.settings.deals.owner_id if deals else self.settings.companies.owner_id
+        if owner_property is None:
+            raise ConnectorConfigError("hubspot.deals.owner_id is null: deal owners cannot be written")
         return writeback.apply_owner_changes(
             self.client,
             changes,
-            owner_property=self.settings.companies.owner_id,
+            owner_property=owner_property,
             batch_size=self.settings.batch_size,
+            kind="deals" if deals else "companies",
         )

@@ -142,6 +142,7 @@ class HubSpotClient:
         self.companies_batch = crm.companies.batch_api
         self.deals_basic = crm.deals.basic_api
         self.deals_search = crm.deals.search_api
+        self.deals_batch = crm.deals.batch_api
         self.associations = crm.associations.v4.batch_api
 
     def pace_search(self) -> None:

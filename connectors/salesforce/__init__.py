@@ -82,6 +82,11 @@ class SalesforceConnector:
         """Batches of ``obj`` changed since ``since``; see :mod:`connectors.salesforce.streams`."""
         return self.streams.read(obj, since, full=full)
 
-    def apply_owner_changes(self, changes: Sequence[OwnerChange]) -> list[WriteResult]:
+    def apply_owner_changes(
+        self, changes: Sequence[OwnerChange], obj: CrmObject = CrmObject.accounts
+    ) -> list[WriteResult]:
         """Owner changes, conflict-checked; see :mod:`connectors.salesforce.writeback`."""
-        return apply_owner_changes(self.client, changes)
+        sobject = "Opportunity" if obj is CrmObject.opportunities else "Account"
+        if obj is CrmObject.owners:
+            raise ValueError("owners have no owner to change")
+        return apply_owner_changes(self.client, changes, sobject)

@@ -7,7 +7,8 @@ the current ``OwnerId`` is read in one query; a different owner is a conflict (n
 the PATCH carries ``If-Unmodified-Since`` set to the ``LastModifiedDate`` just read (rounded up to the
 second, as HTTP dates are), so a change between the read and the write answers 412 and is a conflict
 too. An account that already has the new owner is reported written, which makes a re-run after a
-crash idempotent. PATCHes go 25 at a time through ``composite``.
+crash idempotent. PATCHes go 25 at a time through ``composite``. Accounts and opportunities are
+written the same way (``sobject``).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ import datetime as dt
 import email.utils
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Final
 
 from connectors.base import OwnerChange, WriteOutcome, WriteResult
 from connectors.salesforce.client import SalesforceClient
@@ -36,29 +37,36 @@ def http_date_ceil(moment: dt.datetime) -> str:
     return email.utils.format_datetime(moment, usegmt=True)
 
 
-def _read_owners(client: SalesforceClient, ids: Sequence[str]) -> dict[str, Mapping[str, Any]]:
-    """Current OwnerId and LastModifiedDate of live accounts, by id."""
+def _read_owners(client: SalesforceClient, ids: Sequence[str], sobject: str) -> dict[str, Mapping[str, Any]]:
+    """Current OwnerId and LastModifiedDate of live records, by id."""
     found: dict[str, Mapping[str, Any]] = {}
     for start in range(0, len(ids), _READ_CHUNK):
         chunk = ids[start : start + _READ_CHUNK]
         quoted = ", ".join("'" + i.replace("\\", "\\\\").replace("'", "\\'") + "'" for i in chunk)
-        soql = f"SELECT Id, OwnerId, LastModifiedDate FROM Account WHERE Id IN ({quoted})"  # noqa: S608
+        soql = f"SELECT Id, OwnerId, LastModifiedDate FROM {sobject} WHERE Id IN ({quoted})"  # noqa: S608
         for page in client.query_pages(soql, include_deleted=False):
             for record in page.get("records") or []:
                 found[str(record["Id"])] = record
     return found
 
 
-def apply_owner_changes(client: SalesforceClient, changes: Sequence[OwnerChange]) -> list[WriteResult]:
-    """Write each change whose account still has its expected owner; one result per change, in order."""
+SOBJECTS: Final = ("Account", "Opportunity")
+
+
+def apply_owner_changes(
+    client: SalesforceClient, changes: Sequence[OwnerChange], sobject: str = "Account"
+) -> list[WriteResult]:
+    """Write each change whose record still has its expected owner; one result per change, in order."""
+    if sobject not in SOBJECTS:
+        raise ValueError(f"owner changes are written to {', '.join(SOBJECTS)}, not {sobject}")
     results: dict[int, WriteResult] = {}
-    current = _read_owners(client, list(dict.fromkeys(c.account_id for c in changes)))
+    current = _read_owners(client, list(dict.fromkeys(c.account_id for c in changes)), sobject)
     to_write: list[tuple[int, OwnerChange, str]] = []
     for n, change in enumerate(changes):
         record = current.get(change.account_id)
         if record is None:
             results[n] = WriteResult(
-                change.account_id, WriteOutcome.failed, {"error": "account not found or deleted"}
+                change.account_id, WriteOutcome.failed, {"error": f"{sobject} not found or deleted"}
             )
             continue
         owner = record.get("OwnerId")
@@ -82,7 +90,7 @@ def apply_owner_changes(client: SalesforceClient, changes: Sequence[OwnerChange]
         subrequests = [
             {
                 "method": "PATCH",
-                "url": f"{base}/sobjects/Account/{change.account_id}",
+                "url": f"{base}/sobjects/{sobject}/{change.account_id}",
                 "referenceId": f"move{n}",
                 "body": {"OwnerId": change.to_owner_id},
                 "httpHeaders": {"If-Unmodified-Since": since},
@@ -102,7 +110,7 @@ def apply_owner_changes(client: SalesforceClient, changes: Sequence[OwnerChange]
                 results[n] = WriteResult(change.account_id, WriteOutcome.failed, detail)
     if precondition_failed:
         # A retried composite whose first try was applied answers 412 for our own write: look again.
-        again = _read_owners(client, [changes[n].account_id for n in precondition_failed])
+        again = _read_owners(client, [changes[n].account_id for n in precondition_failed], sobject)
         for n in precondition_failed:
             change = changes[n]
             if (again.get(change.account_id) or {}).get("OwnerId") == change.to_owner_id:
@@ -110,6 +118,10 @@ def apply_owner_changes(client: SalesforceClient, changes: Sequence[OwnerChange]
     for n in sorted(results):
         log.info(
             "salesforce owner change",
-            extra={"account_id": results[n].account_id, "outcome": results[n].outcome.value},
+            extra={
+                "sobject": sobject,
+                "record_id": results[n].account_id,
+                "outcome": results[n].outcome.value,
+            },
         )
     return [results[n] for n in range(len(changes))]

@@ -372,7 +372,9 @@ def test_write_back_retries_a_rate_limited_batch_update() -> None:
         assert [r.outcome for r in results] == [WriteOutcome.written] * 20
         assert all(table.prop(row, "hubspot_owner_id") == changes[row].to_owner_id for row in range(20))
         assert limited.counters.faults[429] >= 2
-        assert limited.counters.requests["POST /crm/v3/objects/companies/batch/update"] > 4
+        batches = 20 // 5  # each: a read, the update and the read-back; the 429s made some go twice
+        posts = [f"POST /crm/v3/objects/companies/batch/{verb}" for verb in ("read", "update")]
+        assert sum(limited.counters.requests[p] for p in posts) > 3 * batches
 
 
 def test_custom_properties_come_from_the_settings_mapping(sandbox: SandboxServer, tmp_path: Path,
@@ -571,3 +573,45 @@ def test_sync_engine_stops_on_the_quota_and_resumes_the_next_day(sandbox: Sandbo
         deals = conn.execute(text("SELECT count(*) FROM opportunities")).scalar_one()
     assert live == sandbox.state.company_ids()
     assert deals == len(ORG.opportunities)
+
+
+def test_a_change_racing_the_update_is_found_by_the_read_back_and_reported_a_conflict(
+    sandbox: SandboxServer,
+) -> None:
+    state = sandbox.state
+    owners = [o.id for o in state.owners if not o.archived]
+    current = state.companies.prop(20, "hubspot_owner_id")
+    assert current is not None
+    target, someone = [o for o in owners if o != current][:2]
+    change = OwnerChange(str(COMPANY_ID_BASE + 20), current, target, NOW)
+    connector = connector_for(sandbox)
+    real = connector.client.call_json
+
+    def racing(what: str, fn: Any, *args: Any, **kwargs: Any) -> dict[str, Any]:
+        answer = real(what, fn, *args, **kwargs)
+        if what.startswith("update"):  # someone else sets the owner just after our update
+            state.modify("companies", change.account_id, {"hubspot_owner_id": someone})
+        return answer
+
+    connector.client.call_json = racing  # type: ignore[method-assign]
+    [result] = connector.apply_owner_changes([change])
+    assert result.outcome is WriteOutcome.conflict
+    assert result.detail["raced"] is True
+    assert result.detail["found_owner_id"] == someone
+    assert state.companies.prop(20, "hubspot_owner_id") == someone  # left as they set it
+
+
+def test_deal_owners_are_written_like_company_owners(sandbox: SandboxServer) -> None:
+    state = sandbox.state
+    owners = [o.id for o in state.owners if not o.archived]
+    current = state.deals.prop(3, "hubspot_owner_id")
+    assert current is not None
+    target = next(o for o in owners if o != current)
+    deal = str(DEAL_ID_BASE + 3)
+    connector = connector_for(sandbox)
+    [result] = connector.apply_owner_changes(
+        [OwnerChange(deal, current, target, NOW)], CrmObject.opportunities
+    )
+    assert result.outcome is WriteOutcome.written
+    assert state.deals.prop(3, "hubspot_owner_id") == target
+    assert state.api_writes[("deals", deal)] == 1

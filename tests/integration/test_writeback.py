@@ -9,6 +9,7 @@ a cancel between waves, two workers racing. The sandboxes count the API writes t
 from __future__ import annotations
 
 import datetime as dt
+import math
 import threading
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -18,7 +19,7 @@ from pydantic import SecretStr
 from sqlalchemy import Engine, text
 
 from approval.writeback import OwnerWriter, run_due
-from connectors.base import Connector, OwnerChange, WriteResult
+from connectors.base import Connector, CrmObject, OwnerChange, WriteResult
 from connectors.errors import RetriableError
 from connectors.registry import build_connector
 from connectors.sandbox import hubspot as hubspot_sandbox
@@ -109,6 +110,10 @@ def test_approved_moves_are_written_once_and_the_proposal_ends_applied(
     db: Engine, synced: Connector, salesforce: salesforce_sandbox.SandboxServer
 ) -> None:
     moves = planned_moves(db, 30)
+    with db.connect() as conn:
+        following = props.open_opportunities(conn, [(m.account_id, m.from_owner_id) for m in moves])
+    opportunities = [o for ids in following.values() for o in ids]
+    assert opportunities  # the org has open deals on these accounts
     proposal_id = approved(db, moves)
     calls_before = salesforce.state.api_used
     [report] = run_due(db, synced, now=NOW, worker="w1")
@@ -116,7 +121,12 @@ def test_approved_moves_are_written_once_and_the_proposal_ends_applied(
     for move in moves:
         assert salesforce.state.record("Account", move.account_id)["OwnerId"] == move.to_owner_id  # type: ignore[index]
         assert salesforce.state.api_writes[("Account", move.account_id)] == 1
-    assert salesforce.state.api_used - calls_before <= 3  # one read, two composites of 25: never one a move
+        for opportunity in following.get(move.account_id, []):  # open deals follow their account
+            assert salesforce.state.record("Opportunity", opportunity)["OwnerId"] == move.to_owner_id  # type: ignore[index]
+            assert salesforce.state.api_writes[("Opportunity", opportunity)] == 1
+    # A read and composites of 25 for the accounts, the same for their deals: never one call a move.
+    calls = salesforce.state.api_used - calls_before
+    assert calls == 1 + math.ceil(30 / 25) + 1 + math.ceil(len(opportunities) / 25)
     assert set(move_states(db, proposal_id).values()) == {"written"}
     assert run_due(db, synced, now=NOW + dt.timedelta(days=1), worker="w1") == []  # the job is done
     with db.connect() as conn:
@@ -191,8 +201,10 @@ class CrashAfterWriting:
     def __init__(self, crm: OwnerWriter) -> None:
         self.crm = crm
 
-    def apply_owner_changes(self, changes: Sequence[OwnerChange]) -> list[WriteResult]:
-        self.crm.apply_owner_changes(changes)
+    def apply_owner_changes(
+        self, changes: Sequence[OwnerChange], obj: CrmObject = CrmObject.accounts
+    ) -> list[WriteResult]:
+        self.crm.apply_owner_changes(changes, obj)
         raise SystemExit("killed")
 
 
@@ -215,10 +227,12 @@ class Slow:
     def __init__(self, crm: OwnerWriter, entered: threading.Event, release: threading.Event) -> None:
         self.crm, self.entered, self.release = crm, entered, release
 
-    def apply_owner_changes(self, changes: Sequence[OwnerChange]) -> list[WriteResult]:
+    def apply_owner_changes(
+        self, changes: Sequence[OwnerChange], obj: CrmObject = CrmObject.accounts
+    ) -> list[WriteResult]:
         self.entered.set()
         assert self.release.wait(10)
-        return self.crm.apply_owner_changes(changes)
+        return self.crm.apply_owner_changes(changes, obj)
 
 
 def test_two_workers_racing_write_each_move_once(
@@ -242,7 +256,9 @@ def test_two_workers_racing_write_each_move_once(
 
 def test_a_crm_that_stays_down_fails_the_moves_after_the_last_attempt(db: Engine, synced: Connector) -> None:
     class Down:
-        def apply_owner_changes(self, changes: Sequence[OwnerChange]) -> list[WriteResult]:
+        def apply_owner_changes(
+            self, changes: Sequence[OwnerChange], obj: CrmObject = CrmObject.accounts
+        ) -> list[WriteResult]:
             raise RetriableError("503 Service Unavailable")
 
     proposal_id = approved(db, planned_moves(db, 3))
