@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,11 +12,11 @@ from sqlalchemy.engine import URL
 
 from store import migrate
 from store.db import make_engine
+from tests.helpers.processes import run
 from tests.pg import url_text
 
 pytestmark = pytest.mark.e2e
 
-TERRITORY = str(Path(sys.executable).with_name("territory"))
 COMMANDS = [
     [],
     ["migrate"],
@@ -40,20 +37,6 @@ COMMANDS = [
     ["proposals", "reject"],
     ["proposals", "cancel"],
 ]
-
-
-def run(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("TERRITORY_")}
-    return subprocess.run(
-        [TERRITORY, *args],
-        capture_output=True,
-        text=True,
-        env=base | (env or {}),
-        timeout=timeout,
-        check=False,
-    )
 
 
 def test_help_lists_the_commands() -> None:

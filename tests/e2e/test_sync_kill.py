@@ -25,7 +25,7 @@ from sqlalchemy.engine import URL
 from connectors.sandbox.generator import generate_org, write_csv
 from store import migrate
 from store.db import make_engine
-from tests.integration.test_csv_connector import NOW
+from tests.helpers.records import NOW
 from tests.pg import url_text
 
 pytestmark = pytest.mark.e2e
