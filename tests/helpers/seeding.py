@@ -10,7 +10,7 @@ import datetime as dt
 from collections.abc import Mapping
 from typing import Any
 
-from sqlalchemy import Engine, insert
+from sqlalchemy import Connection, Engine, insert
 
 from store.models import (
     Account,
@@ -59,101 +59,132 @@ def seed(engine: Engine, now: dt.datetime) -> None:
     for 60 days, a ``sync`` job whose last success is an hour old (interval 5 minutes), a monthly
     snapshot last done 70 days ago, and a sync whose latest run failed.
     """
-    today = now.date()
     with engine.begin() as conn:
-        conn.execute(
-            insert(Owner),
-            [{"id": i, "name": n, "region": r, "active": True, "capacity": 100} for i, n, r in OWNERS],
-        )
-        conn.execute(
-            insert(Account),
-            [{"id": f"a{k}", "name": f"Account {k}", "owner_id": "o1"} for k in range(1, 6)],
-        )
-        for days_ago, potentials in ((60, (150, 150, 150, 150)), (30, (120, 140, 160, 180))):
-            sid = conn.execute(
-                insert(Snapshot).returning(Snapshot.id),
-                {"as_of": today - dt.timedelta(days=days_ago), "kind": "monthly", "taken_at": now},
-            ).scalar_one()
-            conn.execute(
-                insert(MetricSnapshot),
-                [
-                    {"snapshot_id": sid, "owner_id": o, "metric": "potential", "value": p}
-                    for (o, _, _), p in zip(OWNERS, potentials, strict=True)
-                ],
-            )
-        latest = conn.execute(
-            insert(Snapshot).returning(Snapshot.id), {"as_of": today, "kind": "on_demand", "taken_at": now}
+        _org(conn)
+        _snapshots(conn, now)
+        _drift_events(conn, now.date())
+        _sync_runs(conn, now)
+        _job_runs(conn, now)
+        _proposals(conn)
+
+
+def _org(conn: Connection) -> None:
+    """The four owners, and five accounts of the first."""
+    conn.execute(
+        insert(Owner),
+        [{"id": i, "name": n, "region": r, "active": True, "capacity": 100} for i, n, r in OWNERS],
+    )
+    conn.execute(
+        insert(Account),
+        [{"id": f"a{k}", "name": f"Account {k}", "owner_id": "o1"} for k in range(1, 6)],
+    )
+
+
+def _snapshots(conn: Connection, now: dt.datetime) -> None:
+    """Monthly snapshots 60 and 30 days back (potential only), and today's with every value of LATEST."""
+    today = now.date()
+    for days_ago, potentials in ((60, (150, 150, 150, 150)), (30, (120, 140, 160, 180))):
+        sid = conn.execute(
+            insert(Snapshot).returning(Snapshot.id),
+            {"as_of": today - dt.timedelta(days=days_ago), "kind": "monthly", "taken_at": now},
         ).scalar_one()
         conn.execute(
             insert(MetricSnapshot),
             [
-                {"snapshot_id": latest, "owner_id": o, "metric": m, "value": v}
-                for o, values in LATEST.items()
-                for m, v in values.items()
-            ]
-            + [
-                {"snapshot_id": latest, "owner_id": o, "metric": "quota_attainment", "value": None}
-                for o in LATEST
+                {"snapshot_id": sid, "owner_id": o, "metric": "potential", "value": p}
+                for (o, _, _), p in zip(OWNERS, potentials, strict=True)
             ],
         )
-        day = dt.timedelta(days=1)
-        conn.execute(
-            insert(DriftEvent),
-            fill([
-                {"owner_id": "o1", "rule": "potential_band", "metric": "potential", "value": 100.0, "mean": 150.0,
-                 "deviation": -1 / 3, "consecutive": 3, "first_seen": today - 60 * day, "last_seen": today},
-                {"owner_id": "o4", "rule": "potential_band", "metric": "potential", "value": 200.0, "mean": 150.0,
-                 "deviation": 1 / 3, "consecutive": 1, "first_seen": today, "last_seen": today},
-                {"owner_id": "o3", "rule": "utilization_max", "metric": "utilization", "value": 1.2, "mean": 0.8667,
-                 "deviation": None, "consecutive": 2, "first_seen": today - 20 * day, "last_seen": today},
-                {"owner_id": "o2", "rule": "arr_band", "metric": "arr", "value": 80.0, "mean": 50.0,
-                 "deviation": 0.6, "consecutive": 1, "first_seen": today - 60 * day, "last_seen": today - 60 * day,
-                 "resolved_at": today - 30 * day},
-            ], {"resolved_at": None}),
-        )  # fmt: skip
-        minute = dt.timedelta(minutes=1)
-        conn.execute(
-            insert(SyncRun),
-            fill([
-                {"source": "salesforce", "object": "Account", "status": "succeeded", "started_at": now - 30 * minute,
-                 "finished_at": now - 29 * minute, "rows_read": 100, "rows_upserted": 90, "rows_deleted": 1,
-                 "rows_quarantined": 2},
-                {"source": "salesforce", "object": "Account", "status": "succeeded", "started_at": now - 20 * minute,
-                 "finished_at": now - 19 * minute, "rows_read": 50, "rows_upserted": 40, "rows_deleted": 0,
-                 "rows_quarantined": 1},
-                {"source": "salesforce", "object": "Account", "status": "failed", "started_at": now - 10 * minute,
-                 "finished_at": now - 9 * minute, "rows_read": 5, "error": "session expired"},
-                {"source": "hubspot", "object": "companies", "status": "failed", "started_at": now - 25 * minute,
-                 "finished_at": now - 24 * minute},
-                {"source": "hubspot", "object": "companies", "status": "succeeded", "started_at": now - 5 * minute,
-                 "finished_at": now - 4 * minute, "rows_read": 7, "rows_upserted": 7},
-                {"source": "hubspot", "object": "companies", "status": "running", "started_at": now - minute},
-            ], SYNC_DEFAULTS),
-        )  # fmt: skip
-        conn.execute(
-            insert(JobRun),
-            fill([
-                {"job": "sync", "holder": "pod-a", "status": "succeeded", "started_at": now - 61 * minute,
-                 "finished_at": now - 60 * minute},
-                {"job": "sync", "holder": "pod-a", "status": "failed", "started_at": now - 5 * minute,
-                 "finished_at": now - 4 * minute, "error": "boom"},
-                {"job": "monthly_snapshot", "run_key": "m-70", "holder": "pod-a", "status": "succeeded",
-                 "started_at": now - 70 * day, "finished_at": now - 70 * day + minute},
-            ], {"run_key": None, "error": None}),
-        )  # fmt: skip
-        ids = conn.execute(
-            insert(Proposal).returning(Proposal.id),
-            [
-                {"state": state, "scenario": "default", "idempotency_key": f"k{n}"}
-                for n, state in enumerate(("proposed", "proposed", "applied"))
-            ],
-        ).scalars()
-        applied = list(ids)[-1]
-        conn.execute(
-            insert(ProposalMove),
-            [
-                {"proposal_id": applied, "account_id": f"a{k}", "from_owner_id": "o1", "to_owner_id": "o2",
-                 "expected_owner_id": "o1", "rationale": "balance potential", "writeback_state": state}
-                for k, state in enumerate(("written", "written", "written", "conflict", "pending"), start=1)
-            ],
-        )  # fmt: skip
+    latest = conn.execute(
+        insert(Snapshot).returning(Snapshot.id), {"as_of": today, "kind": "on_demand", "taken_at": now}
+    ).scalar_one()
+    conn.execute(
+        insert(MetricSnapshot),
+        [
+            {"snapshot_id": latest, "owner_id": o, "metric": m, "value": v}
+            for o, values in LATEST.items()
+            for m, v in values.items()
+        ]
+        + [
+            {"snapshot_id": latest, "owner_id": o, "metric": "quota_attainment", "value": None}
+            for o in LATEST
+        ],
+    )
+
+
+def _drift_events(conn: Connection, today: dt.date) -> None:
+    """Three open events (one open for 60 days) and one resolved 30 days ago."""
+    day = dt.timedelta(days=1)
+    conn.execute(
+        insert(DriftEvent),
+        fill([
+            {"owner_id": "o1", "rule": "potential_band", "metric": "potential", "value": 100.0, "mean": 150.0,
+             "deviation": -1 / 3, "consecutive": 3, "first_seen": today - 60 * day, "last_seen": today},
+            {"owner_id": "o4", "rule": "potential_band", "metric": "potential", "value": 200.0, "mean": 150.0,
+             "deviation": 1 / 3, "consecutive": 1, "first_seen": today, "last_seen": today},
+            {"owner_id": "o3", "rule": "utilization_max", "metric": "utilization", "value": 1.2, "mean": 0.8667,
+             "deviation": None, "consecutive": 2, "first_seen": today - 20 * day, "last_seen": today},
+            {"owner_id": "o2", "rule": "arr_band", "metric": "arr", "value": 80.0, "mean": 50.0,
+             "deviation": 0.6, "consecutive": 1, "first_seen": today - 60 * day, "last_seen": today - 60 * day,
+             "resolved_at": today - 30 * day},
+        ], {"resolved_at": None}),
+    )  # fmt: skip
+
+
+def _sync_runs(conn: Connection, now: dt.datetime) -> None:
+    """Salesforce syncs whose latest run failed; HubSpot's latest succeeded and one is running."""
+    minute = dt.timedelta(minutes=1)
+    conn.execute(
+        insert(SyncRun),
+        fill([
+            {"source": "salesforce", "object": "Account", "status": "succeeded", "started_at": now - 30 * minute,
+             "finished_at": now - 29 * minute, "rows_read": 100, "rows_upserted": 90, "rows_deleted": 1,
+             "rows_quarantined": 2},
+            {"source": "salesforce", "object": "Account", "status": "succeeded", "started_at": now - 20 * minute,
+             "finished_at": now - 19 * minute, "rows_read": 50, "rows_upserted": 40, "rows_deleted": 0,
+             "rows_quarantined": 1},
+            {"source": "salesforce", "object": "Account", "status": "failed", "started_at": now - 10 * minute,
+             "finished_at": now - 9 * minute, "rows_read": 5, "error": "session expired"},
+            {"source": "hubspot", "object": "companies", "status": "failed", "started_at": now - 25 * minute,
+             "finished_at": now - 24 * minute},
+            {"source": "hubspot", "object": "companies", "status": "succeeded", "started_at": now - 5 * minute,
+             "finished_at": now - 4 * minute, "rows_read": 7, "rows_upserted": 7},
+            {"source": "hubspot", "object": "companies", "status": "running", "started_at": now - minute},
+        ], SYNC_DEFAULTS),
+    )  # fmt: skip
+
+
+def _job_runs(conn: Connection, now: dt.datetime) -> None:
+    """A ``sync`` job last successful an hour ago, and a monthly snapshot done 70 days ago."""
+    minute, day = dt.timedelta(minutes=1), dt.timedelta(days=1)
+    conn.execute(
+        insert(JobRun),
+        fill([
+            {"job": "sync", "holder": "pod-a", "status": "succeeded", "started_at": now - 61 * minute,
+             "finished_at": now - 60 * minute},
+            {"job": "sync", "holder": "pod-a", "status": "failed", "started_at": now - 5 * minute,
+             "finished_at": now - 4 * minute, "error": "boom"},
+            {"job": "monthly_snapshot", "run_key": "m-70", "holder": "pod-a", "status": "succeeded",
+             "started_at": now - 70 * day, "finished_at": now - 70 * day + minute},
+        ], {"run_key": None, "error": None}),
+    )  # fmt: skip
+
+
+def _proposals(conn: Connection) -> None:
+    """Two proposed proposals and an applied one whose moves are written, in conflict or pending."""
+    ids = conn.execute(
+        insert(Proposal).returning(Proposal.id),
+        [
+            {"state": state, "scenario": "default", "idempotency_key": f"k{n}"}
+            for n, state in enumerate(("proposed", "proposed", "applied"))
+        ],
+    ).scalars()
+    applied = list(ids)[-1]
+    conn.execute(
+        insert(ProposalMove),
+        [
+            {"proposal_id": applied, "account_id": f"a{k}", "from_owner_id": "o1", "to_owner_id": "o2",
+             "expected_owner_id": "o1", "rationale": "balance potential", "writeback_state": state}
+            for k, state in enumerate(("written", "written", "written", "conflict", "pending"), start=1)
+        ],
+    )  # fmt: skip
