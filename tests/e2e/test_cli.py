@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -44,6 +45,12 @@ def test_help_lists_the_commands() -> None:
     assert result.returncode == 0
     for name in ("migrate", "demo", "sync", "health", "report", "serve", "sandbox", "config"):
         assert name in result.stdout
+    # One row per command, in the order they were always listed (each group is registered in turn).
+    rows = (re.match(r"│ ([a-z]+)  +\S", line) for line in result.stdout.splitlines())
+    listed = [m.group(1) for m in rows if m is not None]
+    assert listed == [
+        "migrate", "demo", "health", "sync", "serve", "report", "sandbox", "config", "proposals"
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "territory")
