@@ -41,8 +41,8 @@ tools:
 	.ci/install-tools
 
 # Regenerate deploy/base-resources/prometheusrule.yaml after editing deploy/prometheus/rules.yaml.
-deploy-rules: $(VENV)/.installed-dev
-	$(BIN)/python -m tests.e2e.test_deploy
+deploy-rules: $(VENV)/.installed
+	$(BIN)/python deploy/prometheus/render_rules.py
 
 # The daemon on the embedded default (HTTP on 127.0.0.1:8080), and its webhook load benchmark.
 serve: $(VENV)/.installed

@@ -132,46 +132,78 @@ def sync_drift_events(
     no longer exists, are resolved as of ``as_of``.
     """
     fired = breaches.loc[breaches["fired"].astype(bool)] if len(breaches) else breaches
+    _stage_breaches(conn, fired)
+    resolved = _resolve_events(conn, as_of, rule_names)
+    opened, updated = _upsert_events(conn, as_of)
+    changes = EventChanges(opened=opened, updated=updated, resolved=resolved)
+    log.info(
+        "drift events updated",
+        extra={
+            "as_of": as_of.isoformat(),
+            "opened": changes.opened,
+            "updated": changes.updated,
+            "resolved": changes.resolved,
+        },
+    )
+    return changes
+
+
+def _stage_breaches(conn: Connection, fired: pd.DataFrame) -> None:
+    """The fired breaches in a temporary table ``current_breaches`` (dropped at commit)."""
     conn.execute(
         text(
             "CREATE TEMPORARY TABLE current_breaches (owner_id text, rule text, metric text, value float8,"
             " mean float8, deviation float8, streak int, first_seen date) ON COMMIT DROP"
         )
     )
-    if len(fired):
-        streaks = fired["streak"].to_numpy(dtype=np.int64).tolist()
-        rows = [
-            {
-                "owner_id": str(r.owner_id),
-                "rule": str(r.rule),
-                "metric": str(r.metric),
-                "value": _nullable(r.value),
-                "mean": _nullable(r.mean),
-                "deviation": _nullable(r.deviation),
-                "streak": streak,
-                "first_seen": r.first_seen,
-            }
-            for r, streak in zip(fired.itertuples(index=False), streaks, strict=True)
-        ]
+    if not len(fired):
+        return
+    streaks = fired["streak"].to_numpy(dtype=np.int64).tolist()
+    rows = [
+        {
+            "owner_id": str(r.owner_id),
+            "rule": str(r.rule),
+            "metric": str(r.metric),
+            "value": _nullable(r.value),
+            "mean": _nullable(r.mean),
+            "deviation": _nullable(r.deviation),
+            "streak": streak,
+            "first_seen": r.first_seen,
+        }
+        for r, streak in zip(fired.itertuples(index=False), streaks, strict=True)
+    ]
+    conn.execute(
+        text(
+            "INSERT INTO current_breaches VALUES"
+            " (:owner_id, :rule, :metric, :value, :mean, :deviation, :streak, :first_seen)"
+        ),
+        rows,
+    )
+
+
+def _resolve_events(conn: Connection, as_of: dt.date, rule_names: Iterable[str]) -> int:
+    """Resolve the open events with no staged breach, or of a rule no longer configured; how many."""
+    return int(
         conn.execute(
             text(
-                "INSERT INTO current_breaches VALUES"
-                " (:owner_id, :rule, :metric, :value, :mean, :deviation, :streak, :first_seen)"
+                """
+                UPDATE drift_events e SET resolved_at = :as_of
+                WHERE e.resolved_at IS NULL
+                  AND (NOT (e.rule = ANY(:rules))
+                       OR NOT EXISTS (SELECT 1 FROM current_breaches b
+                                      WHERE b.owner_id = e.owner_id AND b.rule = e.rule))
+                """
             ),
-            rows,
-        )
-    resolved = conn.execute(
-        text(
-            """
-            UPDATE drift_events e SET resolved_at = :as_of
-            WHERE e.resolved_at IS NULL
-              AND (NOT (e.rule = ANY(:rules))
-                   OR NOT EXISTS (SELECT 1 FROM current_breaches b
-                                  WHERE b.owner_id = e.owner_id AND b.rule = e.rule))
-            """
-        ),
-        {"as_of": as_of, "rules": list(rule_names)},
-    ).rowcount
+            {"as_of": as_of, "rules": list(rule_names)},
+        ).rowcount
+    )
+
+
+def _upsert_events(conn: Connection, as_of: dt.date) -> tuple[int, int]:
+    """Open an event per staged breach, or update the open one (a later day adds to its streak).
+
+    Returns (opened, updated).
+    """
     upserted = conn.execute(
         text(
             """
@@ -190,17 +222,7 @@ def sync_drift_events(
         {"as_of": as_of},
     ).all()
     opened = sum(1 for r in upserted if r.inserted)
-    changes = EventChanges(opened=opened, updated=len(upserted) - opened, resolved=int(resolved))
-    log.info(
-        "drift events updated",
-        extra={
-            "as_of": as_of.isoformat(),
-            "opened": changes.opened,
-            "updated": changes.updated,
-            "resolved": changes.resolved,
-        },
-    )
-    return changes
+    return opened, len(upserted) - opened
 
 
 def _nullable(value: object) -> float | None:

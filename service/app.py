@@ -14,6 +14,7 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, Histogram, generate_latest
@@ -28,7 +29,7 @@ from starlette.routing import Route
 from service import webhooks
 from service.http_limits import BodyLimit
 from service.scheduler import SyncRequest, queue_sync_requests
-from service.settings import Settings
+from service.settings import Settings, WebhookSettings
 from store import migrate
 
 log = logging.getLogger(__name__)
@@ -122,6 +123,147 @@ class SharedRendering:
             return self._data
 
 
+@dataclass(frozen=True)
+class _HttpMetrics:
+    """The app's own series on the registry /metrics exposes."""
+
+    deliveries: Counter
+    latency: Histogram
+
+    @classmethod
+    def on(cls, registry: CollectorRegistry) -> _HttpMetrics:
+        return cls(
+            deliveries=Counter(
+                "territory_webhook_deliveries",
+                "HubSpot webhook deliveries, by outcome",
+                ["outcome"],
+                registry=registry,
+            ),
+            latency=Histogram(
+                "territory_http_request_duration_seconds",
+                "Time to answer, by endpoint",
+                ["endpoint"],
+                registry=registry,
+                buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
+            ),
+        )
+
+
+class HubSpotWebhook:
+    """``POST /webhooks/hubspot``: verify the v3 signature, parse the events, queue one sync request.
+
+    A 200 means the request is committed (group commit through :class:`RequestWriter`); a retried
+    delivery carries the same body, so its key makes it one request, not two.
+    """
+
+    def __init__(
+        self,
+        settings: WebhookSettings,
+        writer: RequestWriter,
+        metrics: _HttpMetrics,
+        clock: Callable[[], dt.datetime],
+    ) -> None:
+        self._secret = settings.hubspot_client_secret
+        self._public_url = settings.public_url
+        self._writer = writer
+        self._deliveries = metrics.deliveries
+        self._latency = metrics.latency
+        self._clock = clock
+
+    async def handle(self, request: Request) -> Response:
+        """The endpoint (a bound method, so Starlette passes it the request)."""
+        with self._latency.labels("webhooks_hubspot").time():
+            return await self._answer(request)
+
+    async def _answer(self, request: Request) -> Response:
+        secret = self._secret
+        if secret is None:
+            self._deliveries.labels("not_configured").inc()
+            return JSONResponse({"error": "webhooks are not configured"}, status_code=503)
+        body = await request.body()  # bounded by BodyLimit before it gets here
+        verdict = webhooks.verify_v3(
+            secret.get_secret_value(),
+            method=request.method,
+            uri=self._signed_uri(request),
+            body=body,
+            headers=request.headers,
+            now=self._clock(),
+        )
+        if verdict is not webhooks.Verdict.valid:
+            self._deliveries.labels(verdict.value).inc()
+            log.warning("webhook refused", extra={"verdict": verdict.value})
+            return JSONResponse({"error": "invalid signature", "reason": verdict.value}, status_code=401)
+        try:
+            batch = webhooks.parse_events(body)
+        except webhooks.BadPayload as exc:
+            self._deliveries.labels("bad_payload").inc()
+            return JSONResponse({"error": str(exc)}, status_code=400)
+        if not batch.objects:
+            self._deliveries.labels("ignored").inc()
+            return JSONResponse({"queued": [], "ignored": batch.ignored})
+        return await self._queue(body, batch)
+
+    def _signed_uri(self, request: Request) -> str:
+        """The URI HubSpot signed: the public URL (behind a proxy) with the request's query."""
+        if not self._public_url:
+            return str(request.url)
+        query = request.url.query
+        return self._public_url + (f"?{query}" if query else "")
+
+    async def _queue(self, body: bytes, batch: webhooks.EventBatch) -> Response:
+        key = "hubspot-webhook:" + hashlib.sha256(body).hexdigest()
+        objects = sorted(o.value for o in batch.objects)
+        payload = {"source": "hubspot", "events": len(batch.event_ids), "event_ids": batch.event_ids[:20]}
+        try:
+            new = await self._writer.submit(SyncRequest(key, tuple(objects), payload))
+        except Exception:
+            self._deliveries.labels("error").inc()
+            log.exception("queueing a webhook's sync request failed")
+            return JSONResponse({"error": "could not queue the sync; retry"}, status_code=503)
+        self._deliveries.labels("queued" if new else "duplicate").inc()
+        log.info("webhook queued a sync", extra={"objects": objects, "duplicate": not new})
+        return JSONResponse({"queued": objects, "duplicate": not new, "ignored": batch.ignored})
+
+
+class Probes:
+    """``/healthz`` (the scheduler's heartbeat) and ``/readyz`` (the database, at head, not stopping)."""
+
+    def __init__(self, engine: Engine, scheduler: SchedulerView, max_heartbeat_age: float) -> None:
+        self._engine = engine
+        self._scheduler = scheduler
+        self._max_age = max_heartbeat_age
+        self._heads = migrate.heads(engine)
+
+    async def healthz(self, request: Request) -> Response:
+        age = self._scheduler.heartbeat_age()
+        body = {
+            "heartbeat_age_seconds": round(age, 3) if age != float("inf") else None,
+            "leader": self._scheduler.is_leader,
+        }
+        if age > self._max_age:
+            return JSONResponse({"status": "stale heartbeat", **body}, status_code=503)
+        return JSONResponse({"status": "ok", **body})
+
+    async def readyz(self, request: Request) -> Response:
+        if self._scheduler.stopping:
+            return JSONResponse({"status": "shutting down"}, status_code=503)
+        ok, detail = await run_in_threadpool(self._database_state)
+        return JSONResponse({"status": detail}, status_code=200 if ok else 503)
+
+    def _database_state(self) -> tuple[bool, str]:
+        try:
+            with self._engine.connect() as conn:
+                conn.execute(text("SET LOCAL statement_timeout = 2000"))
+                conn.execute(text("SELECT 1")).scalar_one()
+            current = migrate.current(self._engine)
+        except Exception as exc:
+            return False, f"database unreachable: {type(exc).__name__}"
+        if (current,) != self._heads:
+            heads = ",".join(self._heads)
+            return False, f"migrations not at head (database at {current or 'empty'}, head {heads})"
+        return True, "ok"
+
+
 def create_app(
     settings: Settings,
     engine: Engine,
@@ -131,100 +273,13 @@ def create_app(
     clock: Callable[[], dt.datetime] = _utcnow,
 ) -> Starlette:
     """The ASGI app; ``registry`` is what /metrics exposes (the webhook counters are added to it)."""
-    deliveries = Counter(
-        "territory_webhook_deliveries",
-        "HubSpot webhook deliveries, by outcome",
-        ["outcome"],
-        registry=registry,
-    )
-    latency = Histogram(
-        "territory_http_request_duration_seconds",
-        "Time to answer, by endpoint",
-        ["endpoint"],
-        registry=registry,
-        buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5),
-    )
-    secret = settings.webhooks.hubspot_client_secret
     writer = RequestWriter(engine)
-    heads = migrate.heads(engine)
-    max_age = settings.scheduler.heartbeat_max_age_seconds
-
-    async def hubspot_webhook(request: Request) -> Response:
-        with latency.labels("webhooks_hubspot").time():
-            if secret is None:
-                deliveries.labels("not_configured").inc()
-                return JSONResponse({"error": "webhooks are not configured"}, status_code=503)
-            body = await request.body()  # bounded by BodyLimit before it gets here
-            uri = str(request.url)
-            if settings.webhooks.public_url:
-                query = request.url.query
-                uri = settings.webhooks.public_url + (f"?{query}" if query else "")
-            verdict = webhooks.verify_v3(
-                secret.get_secret_value(),
-                method=request.method,
-                uri=uri,
-                body=body,
-                headers=request.headers,
-                now=clock(),
-            )
-            if verdict is not webhooks.Verdict.valid:
-                deliveries.labels(verdict.value).inc()
-                log.warning("webhook refused", extra={"verdict": verdict.value})
-                return JSONResponse({"error": "invalid signature", "reason": verdict.value}, status_code=401)
-            try:
-                batch = webhooks.parse_events(body)
-            except webhooks.BadPayload as exc:
-                deliveries.labels("bad_payload").inc()
-                return JSONResponse({"error": str(exc)}, status_code=400)
-            if not batch.objects:
-                deliveries.labels("ignored").inc()
-                return JSONResponse({"queued": [], "ignored": batch.ignored})
-            # A retried delivery carries the same body: the key makes it one request, not two.
-            key = "hubspot-webhook:" + hashlib.sha256(body).hexdigest()
-            objects = sorted(o.value for o in batch.objects)
-            payload = {"source": "hubspot", "events": len(batch.event_ids), "event_ids": batch.event_ids[:20]}
-            try:
-                new = await writer.submit(SyncRequest(key, tuple(objects), payload))
-            except Exception:
-                deliveries.labels("error").inc()
-                log.exception("queueing a webhook's sync request failed")
-                return JSONResponse({"error": "could not queue the sync; retry"}, status_code=503)
-            deliveries.labels("queued" if new else "duplicate").inc()
-            log.info("webhook queued a sync", extra={"objects": objects, "duplicate": not new})
-            return JSONResponse({"queued": objects, "duplicate": not new, "ignored": batch.ignored})
-
+    hubspot_webhook = HubSpotWebhook(settings.webhooks, writer, _HttpMetrics.on(registry), clock)
+    probes = Probes(engine, scheduler, settings.scheduler.heartbeat_max_age_seconds)
     exposition = SharedRendering(lambda: generate_latest(registry), settings.server.metrics_cache_seconds)
 
     async def metrics(request: Request) -> Response:
         return Response(await exposition.get(), media_type=CONTENT_TYPE_LATEST)
-
-    async def healthz(request: Request) -> Response:
-        age = scheduler.heartbeat_age()
-        body = {
-            "heartbeat_age_seconds": round(age, 3) if age != float("inf") else None,
-            "leader": scheduler.is_leader,
-        }
-        if age > max_age:
-            return JSONResponse({"status": "stale heartbeat", **body}, status_code=503)
-        return JSONResponse({"status": "ok", **body})
-
-    def database_state() -> tuple[bool, str]:
-        try:
-            with engine.connect() as conn:
-                conn.execute(text("SET LOCAL statement_timeout = 2000"))
-                conn.execute(text("SELECT 1")).scalar_one()
-            current = migrate.current(engine)
-        except Exception as exc:
-            return False, f"database unreachable: {type(exc).__name__}"
-        if (current,) != heads:
-            return False, f"migrations not at head (database at {current or 'empty'}, head {','.join(heads)})"
-        return True, "ok"
-
-    async def readyz(request: Request) -> Response:
-        if scheduler.stopping:
-            return JSONResponse({"status": "shutting down"}, status_code=503)
-        ok, detail = await run_in_threadpool(database_state)
-        return JSONResponse({"status": detail}, status_code=200 if ok else 503)
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
@@ -240,9 +295,9 @@ def create_app(
         lifespan=lifespan,
         middleware=[limits],
         routes=[
-            Route("/webhooks/hubspot", hubspot_webhook, methods=["POST"]),
+            Route("/webhooks/hubspot", hubspot_webhook.handle, methods=["POST"]),
             Route("/metrics", metrics, methods=["GET"]),
-            Route("/healthz", healthz, methods=["GET"]),
-            Route("/readyz", readyz, methods=["GET"]),
+            Route("/healthz", probes.healthz, methods=["GET"]),
+            Route("/readyz", probes.readyz, methods=["GET"]),
         ],
     )

@@ -8,8 +8,6 @@ hands back at its next batch boundary), releases the leader lock and exits.
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
-import functools
 import logging
 import os
 import signal
@@ -17,26 +15,18 @@ import socket
 import sys
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from types import FrameType
-from typing import Any
 
 import uvicorn
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, text
 
-from connectors.base import CrmObject
 from service.app import create_app
 from service.http_limits import protocol
+from service.jobs import register_jobs
 from service.runtime import open_database
-from service.scheduler import (
-    JobContext,
-    Scheduler,
-    claim_sync_requests,
-    crontab,
-    interval_minutes,
-    monthly_key,
-)
+from service.scheduler import Scheduler
 from service.settings import Settings
 from store import migrate
 
@@ -46,122 +36,9 @@ HTTP_DRAIN_SECONDS = 5.0  # at most this much of the grace period goes to reques
 SWITCH_INTERVAL_SECONDS = 0.001  # Python's default is 0.005
 
 
-class SyncFailedError(RuntimeError):
-    """A scheduled sync ended failed or stopped (the job run records it as failed)."""
-
-
 def holder_id() -> str:
     """This replica's name in ``job_runs``: the host (the pod's name in Kubernetes) and the pid."""
     return f"{socket.gethostname()}:{os.getpid()}"
-
-
-# --- the jobs: plain functions of their dependencies --------------------------------------------------
-
-
-def sync_job(
-    engine: Engine, settings: Settings, ctx: JobContext, objects: Sequence[CrmObject] = tuple(CrmObject)
-) -> dict[str, Any]:
-    """Incremental sync of ``objects`` from the configured source; a change triggers a snapshot."""
-    from connectors.registry import build_connector
-    from connectors.roster import load_roster
-    from connectors.sync import run_sync
-
-    source = settings.scheduler.sync_source
-    if source is None:
-        raise SyncFailedError("scheduler.sync_source is not set")
-    connector = build_connector(source, settings, settings.scheduler.sync_path)
-    roster = load_roster(settings.sync.roster) if settings.sync.roster is not None else None
-
-    def progress(obj: CrmObject, rows: int) -> None:
-        ctx.check_stop()  # shutdown: hand back at a batch boundary; the next run resumes from there
-
-    summary = run_sync(
-        engine,
-        connector,
-        objects=objects,
-        progress=progress,
-        now=ctx.now,
-        lookback=dt.timedelta(seconds=settings.sync.lookback_seconds),
-        roster=roster,
-        delete_guard=settings.sync.delete_guard(),
-    )
-    details = summary.as_dict()
-    changed = summary.total("rows_upserted") + summary.total("rows_deleted")
-    details["changed"] = changed
-    sync_ids = [o.run_id for o in summary.objects]
-    log.info(
-        "sync job done",
-        extra={"job": ctx.job, "job_run_id": ctx.run_id, "sync_run_ids": sync_ids, "changed": changed},
-    )
-    if changed:
-        details["snapshot_triggered"] = ctx.trigger(
-            "health_snapshot", settings.scheduler.snapshot_debounce_seconds
-        )
-    if summary.status != "succeeded":
-        raise SyncFailedError(summary.one_line())
-    return details
-
-
-def webhook_sync_job(engine: Engine, settings: Settings, ctx: JobContext) -> dict[str, Any]:
-    """One incremental sync for every sync request the webhooks queued since the last drain."""
-    with claim_sync_requests(engine, ctx.holder) as claimed:
-        if not claimed.ids:
-            return {"requests": 0}
-        objects = [o for o in CrmObject if o.value in claimed.objects]
-        extra = {"job": ctx.job, "job_run_id": ctx.run_id, "requests": len(claimed.ids)}
-        log.info("draining webhook sync requests", extra={**extra, "objects": [o.value for o in objects]})
-        details = sync_job(engine, settings, ctx, objects)  # raises: the requests stay queued
-        return {"requests": len(claimed.ids), **details}
-
-
-def snapshot_job(engine: Engine, settings: Settings, ctx: JobContext, *, kind: str) -> dict[str, Any]:
-    """A health snapshot: ``monthly`` as of the 1st of the month, ``event`` as of today."""
-    from monitor.jobs import take_snapshot
-
-    today = ctx.now.date()
-    as_of = today.replace(day=1) if kind == "monthly" else today
-    result = take_snapshot(engine, settings.metrics, settings.rules, as_of=as_of, kind=kind)
-    log.info(
-        "snapshot taken",
-        extra={"job": ctx.job, "job_run_id": ctx.run_id, "snapshot_id": result.snapshot_id},
-    )
-    return {"snapshot_id": result.snapshot_id, "as_of": as_of.isoformat(), "kind": kind}
-
-
-def register_jobs(scheduler: Scheduler, settings: Settings, engine: Engine) -> dict[str, float]:
-    """Every job of the daemon, one call each; returns the interval of each periodic job (seconds)."""
-    s = settings.scheduler
-    syncs = s.sync_source is not None and s.sync_enabled
-    p = functools.partial
-    every = interval_minutes
-    sched = scheduler.register
-    sched("sync", p(sync_job, engine, settings), every(s.sync_interval_minutes), enabled=syncs, serial="sync")
-    sched(
-        "webhook_sync",
-        p(webhook_sync_job, engine, settings),
-        every(s.webhook_poll_seconds / 60),
-        enabled=syncs,
-        has_work=p(_pending, engine),
-        serial="sync",
-    )
-    sched("health_snapshot", p(snapshot_job, engine, settings, kind="event"), None)
-    sched(
-        "monthly_snapshot",
-        p(snapshot_job, engine, settings, kind="monthly"),
-        crontab(s.monthly_snapshot_cron),
-        enabled=s.monthly_snapshot_enabled,
-        run_key=monthly_key,
-    )
-    intervals = {"monthly_snapshot": 31 * 86400.0}
-    if syncs:
-        intervals["sync"] = s.sync_interval_minutes * 60
-    return intervals
-
-
-def _pending(engine: Engine) -> bool:
-    from service.scheduler import pending_sync_requests
-
-    return pending_sync_requests(engine) > 0
 
 
 # --- the process ---------------------------------------------------------------------------------------

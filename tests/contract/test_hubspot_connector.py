@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import threading
 import time
 from collections.abc import Iterator
 from datetime import UTC, datetime
@@ -479,10 +480,13 @@ def test_prefetch_hands_over_items_errors_and_stops_with_the_caller() -> None:
     with pytest.raises(RetriableError, match="boom"):
         list(prefetched(numbers(fail_at=3), depth=2))
     produced.clear()
+    running = set(threading.enumerate())
     early = prefetched(numbers(), depth=2)
     assert [next(early), next(early)] == [0, 1]
+    (worker,) = (t for t in threading.enumerate() if t not in running and t.name == "hubspot-prefetch")
     early.close()
-    time.sleep(0.3)
+    worker.join(timeout=5)  # the worker notices the stop at its next item and ends
+    assert not worker.is_alive()
     assert len(produced) <= 2 + 2 + 1  # taken, queued, and the one the worker held when told to stop
 
 

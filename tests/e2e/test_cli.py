@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import subprocess
-import sys
+import re
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,11 +13,11 @@ from sqlalchemy.engine import URL
 
 from store import migrate
 from store.db import make_engine
+from tests.helpers.processes import run
 from tests.pg import url_text
 
 pytestmark = pytest.mark.e2e
 
-TERRITORY = str(Path(sys.executable).with_name("territory"))
 COMMANDS = [
     [],
     ["migrate"],
@@ -42,25 +40,17 @@ COMMANDS = [
 ]
 
 
-def run(
-    *args: str, env: dict[str, str] | None = None, timeout: float = 120
-) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("TERRITORY_")}
-    return subprocess.run(
-        [TERRITORY, *args],
-        capture_output=True,
-        text=True,
-        env=base | (env or {}),
-        timeout=timeout,
-        check=False,
-    )
-
-
 def test_help_lists_the_commands() -> None:
     result = run("--help")
     assert result.returncode == 0
     for name in ("migrate", "demo", "sync", "health", "report", "serve", "sandbox", "config"):
         assert name in result.stdout
+    # One row per command, in the order they were always listed (each group is registered in turn).
+    rows = (re.match(r"│ ([a-z]+)  +\S", line) for line in result.stdout.splitlines())
+    listed = [m.group(1) for m in rows if m is not None]
+    assert listed == [
+        "migrate", "demo", "health", "sync", "serve", "report", "sandbox", "config", "proposals"
+    ]  # fmt: skip
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "territory")

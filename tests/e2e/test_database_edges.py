@@ -6,10 +6,8 @@ import contextlib
 import os
 import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 
 import pytest
 from sqlalchemy import text
@@ -18,21 +16,14 @@ from sqlalchemy.exc import OperationalError
 
 from store import migrate
 from store.db import make_engine
+from tests.helpers.processes import TERRITORY, run
 from tests.pg import url_text
 
 pytestmark = pytest.mark.e2e
 
-TERRITORY = str(Path(sys.executable).with_name("territory"))
-
 
 def _env(extra: dict[str, str]) -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if not k.startswith("TERRITORY_")} | extra
-
-
-def _territory(*args: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [TERRITORY, *args], capture_output=True, text=True, env=_env(env), timeout=timeout, check=False
-    )
 
 
 @contextlib.contextmanager
@@ -47,7 +38,7 @@ def _silent_server() -> Iterator[int]:
 def test_a_server_that_never_answers_is_one_line_after_the_connect_timeout() -> None:
     with _silent_server() as port:
         began = time.monotonic()
-        result = _territory(
+        result = run(
             "migrate",
             env={
                 "TERRITORY_DATABASE_URL": f"postgresql://nobody@127.0.0.1:{port}/none",
@@ -86,7 +77,7 @@ def test_a_command_blocked_past_the_statement_timeout_is_one_line_and_exit_1(
         migrate.upgrade(engine)
         with engine.connect() as blocker:
             blocker.execute(text("LOCK TABLE accounts IN ACCESS EXCLUSIVE MODE"))  # held until rollback
-            result = _territory(
+            result = run(
                 "health",
                 env={
                     "TERRITORY_DATABASE_URL": url_text(url),

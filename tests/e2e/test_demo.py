@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -13,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.e2e.test_cli import TERRITORY, run
+from tests.helpers.processes import TERRITORY, free_port, run
 
 pytestmark = pytest.mark.e2e
 
@@ -55,12 +54,6 @@ def test_demo_syncs_measures_and_starts_afresh_each_run(tmp_path: Path) -> None:
     assert second["health"]["snapshot_id"] == 1
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 def _get(url: str) -> tuple[int, str]:
     try:
         with urllib.request.urlopen(url, timeout=5) as response:  # noqa: S310 (loopback http only)
@@ -72,7 +65,7 @@ def _get(url: str) -> tuple[int, str]:
 
 
 def test_demo_goes_on_serving_metrics_until_sigterm(tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("TERRITORY_")} | {
         "TERRITORY_DATA_DIR": str(tmp_path / "data"),
         "TERRITORY_SERVER__PORT": str(port),

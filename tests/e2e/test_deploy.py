@@ -8,7 +8,8 @@ Custom resources (ServiceMonitor, PrometheusRule) have no schema in kubernetes-v
 metadata is validated as ObjectMeta (strictly), and their specs are checked here against what they
 point at (the Service's labels and port, the rules file).
 
-``python -m tests.e2e.test_deploy`` regenerates base-resources/prometheusrule.yaml from the rules file.
+base-resources/prometheusrule.yaml is what deploy/prometheus/render_rules.py (``make deploy-rules``)
+makes of the rules file; a test runs the script and compares.
 """
 
 from __future__ import annotations
@@ -38,40 +39,8 @@ TOOLS = Path(os.environ.get("TERRITORY_TOOLS_VENV", ROOT / ".venv" / "tools")) /
 IN_CI = os.environ.get("CI", "").lower() == "true"
 CRDS = {"ServiceMonitor", "PrometheusRule"}
 POD_LABELS = {"app.kubernetes.io/name": "territory-monitor", "app.kubernetes.io/component": "daemon"}
-RELEASE = "kube-prometheus-stack"
-
-HEADER = """\
-# GENERATED from deploy/prometheus/rules.yaml by `python -m tests.e2e.test_deploy` (make deploy-rules):
-# edit that file, then regenerate; tests/e2e/test_deploy.py fails while the two differ.
-# kube-prometheus-stack loads PrometheusRules labelled `release: <its Helm release name>`
-# (prometheus.prometheusSpec.ruleSelector); see servicemonitor.yaml for a different release name.
-"""
-
-
-class _Literal(yaml.SafeDumper):
-    """Multi-line strings (PromQL, descriptions) as literal blocks, as people write them."""
-
-
-def _str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
-    style = "|" if "\n" in value else None
-    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
-
-
-_Literal.add_representer(str, _str)
-
-
-def render_prometheusrule(rules: dict[str, Any]) -> str:
-    """The PrometheusRule object carrying ``rules``' groups, as YAML text."""
-    obj = {
-        "apiVersion": "monitoring.coreos.com/v1",
-        "kind": "PrometheusRule",
-        "metadata": {
-            "name": "territory",
-            "labels": {"app.kubernetes.io/name": "territory-monitor", "release": RELEASE},
-        },
-        "spec": {"groups": rules["groups"]},
-    }
-    return HEADER + yaml.dump(obj, Dumper=_Literal, sort_keys=False, width=110, allow_unicode=True)
+RELEASE = "kube-prometheus-stack"  # the label deploy/prometheus/render_rules.py puts on the rules
+RENDER_RULES = DEPLOY / "prometheus" / "render_rules.py"
 
 
 def tool(name: str) -> str:
@@ -255,11 +224,24 @@ def test_prometheus_rule_groups_equal_the_rules_file(overlay: list[dict[str, Any
     rule = one(overlay, "PrometheusRule")
     assert rule["metadata"]["labels"]["release"] == RELEASE
     assert rule["spec"]["groups"] == rules["groups"], "run `make deploy-rules` after editing rules.yaml"
-    assert PROMETHEUSRULE.read_text(encoding="utf-8") == render_prometheusrule(rules)
+    assert PROMETHEUSRULE.read_text(encoding="utf-8") == _rendered_rules(), "run `make deploy-rules`"
     for group in rule["spec"]["groups"]:
         for entry in group["rules"]:
             assert ("alert" in entry) != ("record" in entry)
             assert entry["expr"].strip()
+
+
+def _rendered_rules() -> str:
+    """What ``make deploy-rules`` would write, from the script itself."""
+    result = subprocess.run(
+        [sys.executable, str(RENDER_RULES), "--stdout"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
 
 
 def test_the_dashboard_config_map_carries_the_dashboard(overlay: list[dict[str, Any]]) -> None:
@@ -331,8 +313,3 @@ def test_checkov_finds_no_unexplained_failure(overlay: list[dict[str, Any]], tmp
     image = _checkov("-f", str(DEPLOY / "Dockerfile"), "--framework", "dockerfile")
     assert [(c["check_id"], c.get("check_name")) for c in image["failed"]] == []
     assert image["passed"] > 5
-
-
-if __name__ == "__main__":
-    PROMETHEUSRULE.write_text(render_prometheusrule(yaml.safe_load(RULES.read_text(encoding="utf-8"))))
-    sys.stdout.write(f"wrote {PROMETHEUSRULE.relative_to(ROOT)}\n")

@@ -17,7 +17,7 @@ from monitor.balance import STATS
 from monitor.catalog import METRICS
 from service.cli import app
 from store.db import make_engine
-from tests.e2e.test_cli import run
+from tests.helpers.processes import run
 from tests.pg import url_text
 
 pytestmark = pytest.mark.e2e

@@ -12,11 +12,7 @@ import datetime as dt
 import json
 import os
 import re
-import shutil
-import socket
 import subprocess
-import sys
-import time
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -29,7 +25,8 @@ from sqlalchemy.engine import URL
 
 from store import migrate
 from store.db import make_engine
-from tests.integration.test_collector import seed
+from tests.helpers.processes import TERRITORY, free_port, require_tool, wait_for
+from tests.helpers.seeding import seed
 from tests.pg import drop_test_database, url_text
 
 pytestmark = pytest.mark.e2e
@@ -37,43 +34,13 @@ pytestmark = pytest.mark.e2e
 ROOT = Path(__file__).resolve().parents[2]
 DASHBOARD = ROOT / "deploy" / "grafana" / "territory.json"
 RULES = ROOT / "deploy" / "prometheus" / "rules.yaml"
-TERRITORY = str(Path(sys.executable).with_name("territory"))
 # Grafana's variables, as an "All" selection and a rate window that holds several 1 s scrapes.
 SUBSTITUTIONS = {"$__rate_interval": "30s", "$__interval": "1s", "$__range": "1m", "$region": ".*"}
 
 
-def require_tool(name: str) -> str:
-    """The tool's path; a skip with the reason outside CI, a failure in CI (where it must be installed)."""
-    path = shutil.which(name)
-    if path is None:
-        reason = f"{name} is not installed (Debian: apt-get install prometheus; CI runs .ci/install-tools)"
-        if os.environ.get("CI", "").lower() == "true":
-            pytest.fail(reason)
-        pytest.skip(reason)
-    return path
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_for(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
-    """Poll ``check`` until it returns something truthy (errors count as not yet)."""
-    deadline = time.monotonic() + timeout
-    last: Exception | None = None
-    while time.monotonic() < deadline:
-        try:
-            result = check()
-        except (OSError, ValueError) as exc:
-            last = exc
-        else:
-            if result:
-                return result
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what} (last error: {last})")
+def wait_until(check: Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+    """Poll ``check`` until it returns something truthy (errors of a server still starting count as not yet)."""
+    return wait_for(check, timeout, what, interval=0.2, tolerate=(OSError, ValueError))
 
 
 def http_get(url: str, timeout: float = 5.0) -> bytes:
@@ -119,7 +86,7 @@ def territory_serve(database: URL, tmp_path: Path) -> Iterator[str]:
                 raise AssertionError(f"territory serve exited: {log.read_text(errors='replace')[-3000:]}")
             return b"territory_collector_up 1.0" in http_get(f"{base}/metrics")
 
-        wait_for(metrics_up, "territory serve's /metrics", timeout=60)
+        wait_until(metrics_up, "territory serve's /metrics", timeout=60)
         yield base
 
 
@@ -182,7 +149,7 @@ def prometheus(target: str, tmp_path: Path) -> Iterator[Prometheus]:
     ]
     with process(args, dict(os.environ), tmp_path / "prometheus.log"):
         prom = Prometheus(f"http://127.0.0.1:{port}")
-        wait_for(lambda: http_get(f"{prom.base}/-/ready") is not None, "Prometheus to be ready")
+        wait_until(lambda: http_get(f"{prom.base}/-/ready") is not None, "Prometheus to be ready")
         yield prom
 
 
@@ -243,7 +210,7 @@ def test_dashboard_and_rules_return_data_from_a_real_prometheus(
         )
         assert lint.returncode == 0, (lint.stdout + lint.stderr).decode()
         # a few scrapes, so that increase() over the rate window has two samples
-        wait_for(lambda: prom.query("count_over_time(territory_collector_up[30s]) >= 3"), "three scrapes")
+        wait_until(lambda: prom.query("count_over_time(territory_collector_up[30s]) >= 3"), "three scrapes")
         template = json.loads(DASHBOARD.read_text(encoding="utf-8"))["templating"]["list"]
         for variable in template:
             if variable["type"] != "query":
@@ -261,7 +228,7 @@ def test_dashboard_and_rules_return_data_from_a_real_prometheus(
         groups = prom.api("rules")["groups"]
         health = {rule["name"]: rule["health"] for g in groups for rule in g["rules"]}
         assert set(health.values()) == {"ok"}, health
-        alerts = wait_for(lambda: prom.api("alerts")["alerts"], "alerts")
+        alerts = wait_until(lambda: prom.api("alerts")["alerts"], "alerts")
         assert {a["labels"]["alertname"] for a in alerts} >= {
             "TerritoryDriftPersistent",
             "TerritoryJobNotSucceeding",
@@ -274,5 +241,5 @@ def test_dashboard_and_rules_return_data_from_a_real_prometheus(
         # the database goes away under the running daemon: it says so, and the down alert has data
         drop_test_database(pg_server, seeded_database)
         expr = dict(rules)[down]
-        wait_for(lambda: prom.query(expr), "the database-down expression to return data")
+        wait_until(lambda: prom.query(expr), "the database-down expression to return data")
         assert prom.query("territory_collector_up")[0]["value"][1] == "0"

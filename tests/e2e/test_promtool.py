@@ -10,10 +10,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 from sqlalchemy import Engine
 
 from monitor.collector import register
-from tests.e2e.test_prometheus import RULES, require_tool
-from tests.integration.test_collector import JOB_INTERVALS, NOW, seed
+from tests.helpers.processes import require_tool
+from tests.helpers.seeding import JOB_INTERVALS, NOW, seed
 
 pytestmark = pytest.mark.e2e
+
+RULES = Path(__file__).resolve().parents[2] / "deploy" / "prometheus" / "rules.yaml"
 
 
 def promtool(

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-import os
 import subprocess
-import sys
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,24 +16,16 @@ from store import migrate
 from store import proposals as props
 from store.db import make_engine
 from store.models import Account, Owner
+from tests.helpers.processes import run
 from tests.pg import url_text
 
 pytestmark = pytest.mark.e2e
 
-TERRITORY = str(Path(sys.executable).with_name("territory"))
 NOW = dt.datetime(2026, 12, 1, 9, 0, tzinfo=dt.UTC)
 
 
 def _territory(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    base = {k: v for k, v in os.environ.items() if not k.startswith("TERRITORY_")}
-    return subprocess.run(
-        [TERRITORY, *args],
-        capture_output=True,
-        text=True,
-        env=base | {"TERRITORY_DATABASE_URL": url},
-        timeout=120,
-        check=False,
-    )
+    return run(*args, env={"TERRITORY_DATABASE_URL": url})
 
 
 def _json(result: subprocess.CompletedProcess[str]) -> Any:

@@ -36,8 +36,7 @@ from monitor.report_data import load_report
 from service.settings import Settings
 from store import migrate
 from store.db import make_engine
-from tests.e2e.test_cli import TERRITORY
-from tests.e2e.test_prometheus import require_tool
+from tests.helpers.processes import TERRITORY, require_tool
 from tests.pg import url_text
 
 pytestmark = pytest.mark.e2e

@@ -23,19 +23,13 @@ from sqlalchemy.engine import URL
 from service.webhooks import SIGNATURE_HEADER, TIMESTAMP_HEADER, sign_v3
 from store import migrate
 from store.db import make_engine
-from tests.e2e.test_cli import TERRITORY, run
+from tests.helpers.processes import TERRITORY, free_port, run, wait_for
 from tests.pg import url_text
 
 pytestmark = pytest.mark.e2e
 
 SECRET = "e2e-client-secret"
 GRACE = 5.0
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 @dataclass
@@ -101,15 +95,6 @@ def daemons(tmp_path: Path) -> Iterator[Callable[..., Daemon]]:
     yield start
     for daemon in started:
         daemon.stop()
-
-
-def wait_for(predicate: Callable[[], object], timeout: float) -> float:
-    """Seconds it took until ``predicate`` held; fails after ``timeout``."""
-    started = time.monotonic()
-    while not predicate():
-        assert time.monotonic() - started < timeout, "timed out"
-        time.sleep(0.1)
-    return time.monotonic() - started
 
 
 def rows(engine: Engine, sql: str, **params: Any) -> list[Any]:
@@ -199,8 +184,7 @@ def test_two_replicas_one_leader_takeover_after_sigkill(
     # SIGKILL the leader: its session dies with it, the follower takes the lock and the jobs.
     leader.proc.send_signal(signal.SIGKILL)
     leader.proc.wait(10)
-    took = wait_for(lambda: (follower.health() or {}).get("leader"), 30)
-    assert took < 30
+    wait_for(lambda: (follower.health() or {}).get("leader"), 30)
     wait_for(
         lambda: any(r.holder == follower.holder and r.status == "succeeded" for r in runs(engine, "sync")), 30
     )

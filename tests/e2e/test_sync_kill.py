@@ -11,7 +11,6 @@ import os
 import random
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -25,12 +24,12 @@ from sqlalchemy.engine import URL
 from connectors.sandbox.generator import generate_org, write_csv
 from store import migrate
 from store.db import make_engine
-from tests.integration.test_csv_connector import NOW
+from tests.helpers.processes import TERRITORY
+from tests.helpers.records import NOW
 from tests.pg import url_text
 
 pytestmark = pytest.mark.e2e
 
-TERRITORY = str(Path(sys.executable).with_name("territory"))
 SEED = int(os.environ.get("TERRITORY_TEST_KILL_SEED", "20261123"))
 KILLS_PER_ROUND = int(os.environ.get("TERRITORY_TEST_KILLS", "1"))
 

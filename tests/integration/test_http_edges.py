@@ -23,6 +23,7 @@ from service.app import create_app
 from service.http_limits import protocol
 from service.settings import Settings
 from service.webhooks import BadPayload, json_depth, parse_events
+from tests.helpers.processes import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -75,10 +76,7 @@ def _serving(engine: Engine, registry: CollectorRegistry, **server: Any) -> Iter
     srv = uvicorn.Server(config)
     thread = threading.Thread(target=srv.run, kwargs={"sockets": [sock]}, daemon=True)
     thread.start()
-    deadline = time.monotonic() + 10
-    while not srv.started:
-        assert time.monotonic() < deadline, "uvicorn did not start"
-        time.sleep(0.02)
+    wait_for(lambda: srv.started, 10, "uvicorn to start", interval=0.02)
     try:
         yield f"127.0.0.1:{port}"
     finally:
@@ -171,10 +169,12 @@ def test_a_client_gone_mid_body_is_a_debug_line_not_an_error(
     caplog.set_level(logging.DEBUG, logger="service.http_limits")
     with _connect(server) as conn:
         conn.sendall(b"POST /webhooks/hubspot HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\nabc")
-    deadline = time.monotonic() + 5
-    while not any("disconnected mid-body" in r.getMessage() for r in caplog.records):
-        assert time.monotonic() < deadline, [r.getMessage() for r in caplog.records]
-        time.sleep(0.02)
+    wait_for(
+        lambda: any("disconnected mid-body" in r.getMessage() for r in caplog.records),
+        5,
+        "the disconnect's debug line",
+        interval=0.02,
+    )
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
 
 

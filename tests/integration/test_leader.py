@@ -9,6 +9,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
+from apscheduler.events import EVENT_JOB_ADDED, EVENT_JOB_ERROR, EVENT_JOB_EXECUTED, JobEvent
 from prometheus_client import CollectorRegistry
 from sqlalchemy import Engine, text
 
@@ -26,6 +27,7 @@ from service.scheduler import (
     queue_sync_request,
 )
 from service.settings import SchedulerSettings
+from tests.helpers.processes import wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -70,9 +72,7 @@ def test_a_dead_holder_connection_frees_the_lock(db: Engine, locks: Callable[[st
             )
         ).all()
     assert killed == [(True,)]
-    deadline = time.monotonic() + 5
-    while not b.try_acquire() and time.monotonic() < deadline:
-        time.sleep(0.05)
+    wait_for(b.try_acquire, 5, "the lock to be free")
     assert b.held
     assert not a.check()  # the old holder notices and steps down
     assert not a.held
@@ -112,13 +112,6 @@ def make_scheduler(db: Engine, holder: str, **overrides: Any) -> Scheduler:
     return Scheduler(
         db, settings, holder=holder, registry=CollectorRegistry(), lock=LeaderLock(db, key=KEY, holder=holder)
     )
-
-
-def wait_for(predicate: Callable[[], bool], timeout: float = 10) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
 
 
 def job_rows(db: Engine, job: str) -> list[Any]:
@@ -186,6 +179,33 @@ def test_shutdown_hands_back_a_running_job_and_the_next_leader_resumes(db: Engin
         second.shutdown(timeout=2)
 
 
+class _ApsRuns:
+    """The APScheduler runs of one job: scheduled, and finished (executed or raised)."""
+
+    def __init__(self, scheduler: Scheduler, job: str) -> None:
+        self._aps = scheduler._aps
+        self._job = job
+        self._guard = threading.Lock()
+        self.added: list[str] = []
+        self.finished: list[str] = []
+        self._aps.add_listener(self._on_event, EVENT_JOB_ADDED | EVENT_JOB_EXECUTED | EVENT_JOB_ERROR)
+
+    def _on_event(self, event: JobEvent) -> None:
+        job = self._aps.get_job(event.job_id) if event.code == EVENT_JOB_ADDED else None
+        with self._guard:
+            if job is not None and self._job in job.args:
+                self.added.append(event.job_id)
+            elif event.code != EVENT_JOB_ADDED and event.job_id in self.added:
+                self.finished.append(event.job_id)
+
+    def settled(self) -> bool:
+        """Each scheduled run of the job has finished and none is waiting."""
+        with self._guard:
+            done = sorted(self.added) == sorted(self.finished)
+        pending = [j for j in self._aps.get_jobs() if self._job in j.args]
+        return done and not pending
+
+
 def test_a_failing_job_is_recorded_and_a_triggered_run_coalesces(db: Engine) -> None:
     def boom(ctx: JobContext) -> None:
         raise RuntimeError("the CRM said no")
@@ -194,6 +214,7 @@ def test_a_failing_job_is_recorded_and_a_triggered_run_coalesces(db: Engine) -> 
     s = make_scheduler(db, "r1")
     s.register("boom", boom, interval_minutes(60))
     s.register("snapshot", calls, None)
+    snapshot_runs = _ApsRuns(s, "snapshot")
     assert not s.trigger("snapshot", 0)  # not the leader yet: nothing scheduled
     s.start()
     try:
@@ -201,8 +222,9 @@ def test_a_failing_job_is_recorded_and_a_triggered_run_coalesces(db: Engine) -> 
         assert s.trigger("snapshot", 0.5)
         assert s.trigger("snapshot", 0.5)  # absorbed by the pending one
         wait_for(lambda: [r.status for r in job_rows(db, "snapshot")] == ["succeeded"])
-        time.sleep(0.6)
+        wait_for(snapshot_runs.settled)  # every run the triggers scheduled has run, none is pending
         assert len(calls.calls) == 1
+        assert [r.status for r in job_rows(db, "snapshot")] == ["succeeded"]
         wait_for(lambda: [r.status for r in job_rows(db, "boom")] == ["failed"])
         assert job_rows(db, "boom")[0].error == "RuntimeError: the CRM said no"
         with pytest.raises(KeyError):

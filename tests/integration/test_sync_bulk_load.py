@@ -15,8 +15,8 @@ from connectors.errors import RetriableError
 from connectors.sandbox.generator import generate_org, write_csv
 from connectors.sync import run_sync
 from store.db import truncate_all
-from tests.integration.test_csv_connector import NOW, account, opportunity, owner, rows
-from tests.integration.test_sync_engine import ScriptedConnector, _batch
+from tests.helpers.records import NOW, ScriptedConnector, account, opportunity, owner, rows
+from tests.helpers.records import scripted_batch as _batch
 
 pytestmark = pytest.mark.integration
 

@@ -4,20 +4,21 @@ from __future__ import annotations
 
 import datetime as dt
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
 
-from connectors.base import Batch, CrmObject, Cursor, OwnerChange, WriteResult
+from connectors.base import Batch, CrmObject, Cursor
 from connectors.csv_files import CsvConnector
 from connectors.errors import QuotaExhausted, RetriableError
 from connectors.roster import apply_roster, load_roster
 from connectors.sync import SyncBusyError, run_sync
-from tests.integration.test_csv_connector import (
+from tests.helpers.records import (
     NOW,
+    ScriptedConnector,
     account,
     assert_balanced,
     opportunity,
@@ -26,6 +27,7 @@ from tests.integration.test_csv_connector import (
     sync,
     write_export,
 )
+from tests.helpers.records import scripted_batch as _batch
 
 pytestmark = pytest.mark.integration
 
@@ -208,36 +210,6 @@ def test_owner_changes_append_to_the_assignment_history(db: Engine, tmp_path: Pa
     ]
     sync(db, folder, full=True)  # the same state again appends nothing
     assert len(rows(db, "SELECT 1 FROM assignment_history")) == 3
-
-
-class ScriptedConnector:
-    """A connector that yields the given batches per object and then raises, as a CRM client would."""
-
-    source = "scripted"
-
-    def __init__(self, script: dict[CrmObject, list[Batch | Exception]]) -> None:
-        self.script = script
-        self.calls: list[tuple[CrmObject, Cursor | None, bool]] = []
-
-    def read(self, obj: CrmObject, since: Cursor | None, *, full: bool = False) -> Iterator[Batch]:
-        self.calls.append((obj, since, full))
-        for step in self.script.get(obj, []):
-            if isinstance(step, Exception):
-                raise step
-            yield step
-
-    def apply_owner_changes(self, changes: Sequence[OwnerChange]) -> list[WriteResult]:
-        return []
-
-
-def _batch(*records: dict[str, Any], at: str, deleted: Sequence[str] = ()) -> Batch:
-    stamp = dt.datetime.fromisoformat(at)
-    return Batch(
-        records=records,
-        raw=records,
-        deleted_ids=deleted,
-        cursor=Cursor(stamp, records[-1]["id"] if records else ""),
-    )
 
 
 def test_a_retriable_error_fails_the_object_keeps_its_batches_and_the_next_run_resumes(db: Engine) -> None:

@@ -7,33 +7,20 @@ approval/decisions.py); a decision that cannot be taken is one line and exit 2.
 from __future__ import annotations
 
 import datetime as dt
-import enum
 import getpass
-import json
-import sys
 from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
-from rich.table import Table
 
+from service.cli import render
+from service.cli.options import FormatOption, OutputFormat, emit_json, settings_of
 from service.runtime import open_database
-from service.settings import Settings
 
 proposals_app = typer.Typer(
     help="Stored rebalancing proposals: list, show, approve, reject, cancel.", no_args_is_help=True
 )
 
-
-class Format(enum.StrEnum):
-    """How a proposals command prints its result."""
-
-    table = "table"
-    json = "json"
-
-
-FormatOption = Annotated[Format, typer.Option("--format", help="table for people, json for scripts")]
 IdArgument = Annotated[int, typer.Argument(help="the proposal's id", show_default=False)]
 ActorOption = Annotated[str | None, typer.Option("--as", help="who decides (default: your user name)")]
 ReasonOption = Annotated[
@@ -41,58 +28,22 @@ ReasonOption = Annotated[
 ]
 
 
-def _settings(ctx: typer.Context) -> Settings:
-    settings = ctx.find_root().obj
-    if not isinstance(settings, Settings):
-        raise TypeError("the settings were not built")
-    return settings
-
-
-def _run(ctx: typer.Context, output: Format, action: Callable[[Any], Any]) -> None:
+def _run(ctx: typer.Context, output: OutputFormat, action: Callable[[Any], Any]) -> None:
     """Open the database, run ``action`` on its engine, print the result; a refusal is exit 2."""
     from approval.decisions import DecisionRefusedError
 
-    with open_database(_settings(ctx)) as engine:
+    with open_database(settings_of(ctx)) as engine:
         try:
             result = action(engine)
         except DecisionRefusedError as exc:
             typer.echo(f"territory: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
-    if output is Format.json:
-        sys.stdout.write(json.dumps(result, indent=2, default=str) + "\n")
+    if output is OutputFormat.json:
+        emit_json(result)
     elif isinstance(result, list):
-        _print_list(result)
+        render.print_proposals(result)
     else:
-        _print_one(result)
-
-
-def _print_list(rows: list[dict[str, Any]]) -> None:
-    table = Table("id", "scenario", "state", "moves", "created", "decided by", title="Proposals")
-    for p in rows:
-        table.add_row(
-            str(p["id"]), p["scenario"], p["state"], str(p["moves"]), p["created_at"], p["decided_by"] or ""
-        )
-    Console().print(table)
-
-
-def _print_one(p: dict[str, Any]) -> None:
-    out = Console()
-    decided = f", decided by {p['decided_by']} at {p['decided_at']}" if p["decided_by"] else ""
-    out.print(f"Proposal {p['id']} ({p['scenario']}): {p['state']}{decided}")
-    if p.get("reason"):
-        out.print(f"Reason: {p['reason']}")
-    table = Table("account", "from", "to", "wave", "effective", "write-back", "rationale")
-    for m in p["moves"]:
-        table.add_row(
-            m["account_id"],
-            m["from_owner_id"],
-            m["to_owner_id"],
-            str(m["wave"]),
-            m["effective_date"] or "",
-            m["writeback_state"],
-            m["rationale"],
-        )
-    out.print(table)
+        render.print_proposal(result)
 
 
 def _now() -> dt.datetime:
@@ -103,7 +54,7 @@ def _now() -> dt.datetime:
 def list_command(
     ctx: typer.Context,
     state: Annotated[str | None, typer.Option("--state", help="only proposals in this state")] = None,
-    output: FormatOption = Format.table,
+    output: FormatOption = OutputFormat.table,
 ) -> None:
     """Every stored proposal, newest first."""
     from approval import decisions
@@ -112,7 +63,9 @@ def list_command(
 
 
 @proposals_app.command("show")
-def show_command(ctx: typer.Context, proposal_id: IdArgument, output: FormatOption = Format.table) -> None:
+def show_command(
+    ctx: typer.Context, proposal_id: IdArgument, output: FormatOption = OutputFormat.table
+) -> None:
     """One proposal with its moves, their waves, write-back states and rationale."""
     from approval import decisions
 
@@ -128,7 +81,7 @@ def approve_command(
         list[str] | None, typer.Option("--except", help="an account whose move is left out (repeatable)")
     ] = None,
     reason: ReasonOption = None,
-    output: FormatOption = Format.table,
+    output: FormatOption = OutputFormat.table,
 ) -> None:
     """Approve a proposal, optionally without some moves (then --reason is required)."""
     from approval import decisions
@@ -153,7 +106,7 @@ def reject_command(
     proposal_id: IdArgument,
     reason: ReasonOption = None,
     actor: ActorOption = None,
-    output: FormatOption = Format.table,
+    output: FormatOption = OutputFormat.table,
 ) -> None:
     """Reject a proposal, saying why; its moves are not proposed again for the cooldown."""
     from approval import decisions
@@ -172,7 +125,7 @@ def cancel_command(
     ctx: typer.Context,
     proposal_id: IdArgument,
     actor: ActorOption = None,
-    output: FormatOption = Format.table,
+    output: FormatOption = OutputFormat.table,
 ) -> None:
     """Stop the waves of an approved proposal that are not written yet."""
     from approval import decisions
