@@ -197,7 +197,11 @@ def test_concurrent_scrapes_share_one_rendering_and_never_delay_the_probes(db: E
     registry = CollectorRegistry()
     slow = _SlowCollector(0.3)
     registry.register(slow)  # type: ignore[arg-type]
-    with _serving(db, registry, metrics_cache_seconds=2.0) as address:
+    # Header and body timeouts of the production default: 200 connections on a loaded 2-core machine
+    # may wait longer than this module's 0.5 s for the loop to read their first bytes.
+    with _serving(
+        db, registry, metrics_cache_seconds=2.0, header_timeout_seconds=10.0, body_timeout_seconds=10.0
+    ) as address:
 
         async def scenario() -> tuple[list[int], float, float]:
             limits = httpx.Limits(max_connections=300)
