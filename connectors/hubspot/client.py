@@ -15,7 +15,7 @@ import math
 import random
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import urllib3
 from hubspot import HubSpot
@@ -32,9 +32,7 @@ from connectors.errors import (
     QuotaExhausted,
     RetriableError,
 )
-
-if TYPE_CHECKING:  # connectors do not import the service at run time; the settings come in as a value
-    from service.settings import HubSpotSettings
+from connectors.hubspot.settings import HubSpotSettings
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +50,7 @@ TRANSPORT_ERRORS: Final = (
     ConnectionError,
     TimeoutError,
 )
-_TOKEN_ENV: Final = "TERRITORY_HUBSPOT__ACCESS_TOKEN"  # noqa: S105 (the variable's name)
+_TOKEN_ENV: Final = HubSpotSettings.env("access_token")
 _SECONDLY_WAIT: Final = 1.0  # a 429 without Retry-After under the per-second policy
 
 

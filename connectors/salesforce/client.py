@@ -42,6 +42,7 @@ from connectors.errors import (
     RetriableError,
 )
 from connectors.salesforce.auth import Credentials, login
+from connectors.salesforce.settings import SalesforceSettings
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +231,7 @@ class SalesforceClient:
                 if not self.creds.can_reauthenticate:
                     raise ConnectorConfigError(
                         "salesforce rejected the access token (expired or invalid); set a fresh "
-                        "TERRITORY_SALESFORCE__ACCESS_TOKEN or use the password or jwt auth method"
+                        f"{SalesforceSettings.env('access_token')} or use the password or jwt auth method"
                     ) from None
                 log.info("salesforce session expired; logging in again", extra={"what": what})
                 self._sf = None

@@ -83,7 +83,7 @@ def deleted(batches: list[Batch]) -> list[str]:
 def test_is_a_connector_built_from_settings(sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TERRITORY_HUBSPOT__ACCESS_TOKEN", sandbox.access_token)
     monkeypatch.setenv("TERRITORY_HUBSPOT__BASE_URL", sandbox.url)
-    connector = HubSpotConnector.from_settings(load_settings())
+    connector = HubSpotConnector.from_settings(load_settings().hubspot)
     assert isinstance(connector, Connector)
     assert connector.source == "hubspot"
     assert len(records(read_all(connector, CrmObject.owners))) == len(ORG.owners)
@@ -92,7 +92,7 @@ def test_is_a_connector_built_from_settings(sandbox: SandboxServer, monkeypatch:
 def test_missing_token_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TERRITORY_HUBSPOT__ACCESS_TOKEN", raising=False)
     with pytest.raises(ConnectorConfigError, match="TERRITORY_HUBSPOT__ACCESS_TOKEN"):
-        HubSpotConnector.from_settings(load_settings())
+        HubSpotConnector.from_settings(load_settings().hubspot)
 
 
 def test_wrong_token_is_a_configuration_error_with_a_clear_message(sandbox: SandboxServer) -> None:
@@ -385,7 +385,7 @@ def test_custom_properties_come_from_the_settings_mapping(sandbox: SandboxServer
     monkeypatch.setenv("TERRITORY_HUBSPOT__ACCESS_TOKEN", sandbox.access_token)
     monkeypatch.setenv("TERRITORY_HUBSPOT__BASE_URL", sandbox.url)
     sandbox.state.modify("companies", str(COMPANY_ID_BASE + 2), {"arr_usd__c": "1234.5", "segment": "growth"})
-    connector = HubSpotConnector.from_settings(load_settings(config))
+    connector = HubSpotConnector.from_settings(load_settings(config).hubspot)
     rows = {r["id"]: r for r in records(read_all(connector, CrmObject.accounts))}
     got = rows[str(COMPANY_ID_BASE + 2)]
     assert got["arr"] == "1234.5"

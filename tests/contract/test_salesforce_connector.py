@@ -487,7 +487,7 @@ def test_field_mapping_from_settings(server: SandboxServer, org: Org) -> None:
             "fields": {"accounts": {"arr": "Potential__c", "tier": None, "industry": "Tier__c"}},
         }
     )
-    conn = SalesforceConnector.from_settings(settings)
+    conn = SalesforceConnector.from_settings(settings.salesforce)
     records = {r["id"]: r for b in read_all(conn, CrmObject.accounts) for r in b.records}
     sample = org.accounts.iloc[9]
     record = records[sample["id"]]
@@ -507,7 +507,7 @@ def test_mapping_to_a_field_the_org_lacks_is_a_configuration_error(server: Sandb
         }
     )
     with pytest.raises(ConnectorConfigError, match="INVALID_FIELD"):
-        read_all(SalesforceConnector.from_settings(settings), CrmObject.accounts)
+        read_all(SalesforceConnector.from_settings(settings.salesforce), CrmObject.accounts)
 
 
 def test_mapping_refuses_unknown_columns_and_bad_names() -> None:
