@@ -2,7 +2,9 @@
 
 Secrets (``SecretStr`` fields) are read only from the environment; a config file that holds one is
 refused. Every problem is reported as a :class:`ConfigError` whose one-line message names the file or
-the environment variable, the key, and what is wrong.
+the environment variable, the key, and what is wrong. The connectors' sections (``salesforce``,
+``hubspot``) are declared beside their connectors and composed here; their base is
+:mod:`connectors.settings`, which also spells the environment variables.
 """
 
 from __future__ import annotations
