@@ -19,7 +19,7 @@ from typing import Any, Protocol
 
 from pydantic import SecretStr
 
-from connectors.base import Connector, CrmObject
+from connectors.base import Connector
 from connectors.hubspot.client import HubSpotClient
 from connectors.hubspot.connector import HubSpotConnector
 from connectors.hubspot.settings import HubSpotSettings
@@ -322,4 +322,4 @@ HARNESSES: dict[str, Callable[[Path], AbstractContextManager[Crm]]] = {
     "hubspot": _hubspot,
 }
 
-__all__ = ["HARNESSES", "ORG", "Crm", "CrmObject", "RecordedSleep"]
+__all__ = ["HARNESSES", "ORG", "Crm", "RecordedSleep"]
