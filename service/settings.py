@@ -2,14 +2,15 @@
 
 Secrets (``SecretStr`` fields) are read only from the environment; a config file that holds one is
 refused. Every problem is reported as a :class:`ConfigError` whose one-line message names the file or
-the environment variable, the key, and what is wrong.
+the environment variable, the key, and what is wrong. The connectors' sections (``salesforce``,
+``hubspot``) are declared beside their connectors and composed here; their base is
+:mod:`connectors.settings`, which also spells the environment variables.
 """
 
 from __future__ import annotations
 
 import contextvars
 import os
-import types
 import typing
 from collections.abc import Mapping
 from pathlib import Path
@@ -17,10 +18,15 @@ from typing import Any, Literal
 
 import platformdirs
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationError, ValidationInfo, field_validator
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
+from connectors.hubspot.settings import HubSpotSettings
+from connectors.salesforce.settings import SalesforceSettings
+from connectors.settings import ENV_NESTED, ENV_PREFIX, Section, env_name
+from connectors.settings import blank_is_unset as _blank_is_unset
+from connectors.settings import is_secret as _is_secret
 from connectors.sync import DeleteGuard
 from monitor.catalog import METRICS
 from service.errors import ConfigError
@@ -29,30 +35,7 @@ from store.db import CONNECT_TIMEOUT_SECONDS, STATEMENT_TIMEOUT_SECONDS
 if typing.TYPE_CHECKING:
     from monitor.drift import Rule as DriftRule
 
-ENV_PREFIX = "TERRITORY_"
-ENV_NESTED = "__"
 CONFIG_ENV = "TERRITORY_CONFIG"
-
-
-def _blank_is_unset(model: type[BaseModel], value: Any, info: ValidationInfo) -> Any:
-    """An empty or whitespace-only secret counts as unset: it must never act as a key."""
-    field = model.model_fields.get(info.field_name or "")
-    if field is not None and _is_secret(field.annotation):
-        raw = value.get_secret_value() if isinstance(value, SecretStr) else value
-        if isinstance(raw, str) and not raw.strip():
-            return None
-    return value
-
-
-class Section(BaseModel):
-    """A nested settings section: unknown keys are errors, not silently ignored."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    @field_validator("*", mode="before")
-    @classmethod
-    def _blank_secret(cls, value: Any, info: ValidationInfo) -> Any:
-        return _blank_is_unset(cls, value, info)
 
 
 class DatabaseSettings(Section):
@@ -240,160 +223,6 @@ class SyncSettings(Section):
         return DeleteGuard(self.max_delete_share, self.allow_mass_delete or allow)
 
 
-class HubSpotCompanyProperties(Section):
-    """Which HubSpot company property feeds each account column (null: not held in HubSpot)."""
-
-    name: str = "name"
-    owner_id: str = "hubspot_owner_id"
-    tier: str | None = "territory_tier"
-    industry: str | None = "industry"
-    arr: str | None = "annualrevenue"
-    potential: str | None = "territory_potential"
-    lat: str | None = "territory_lat"
-    lon: str | None = "territory_lon"
-    protected: str | None = "territory_protected"
-
-
-class HubSpotDealProperties(Section):
-    """Which HubSpot deal property feeds each opportunity column (null: not held in HubSpot)."""
-
-    name: str | None = "dealname"
-    owner_id: str | None = "hubspot_owner_id"
-    stage: str | None = "dealstage"
-    amount: str | None = "amount"
-    probability: str | None = "hs_deal_stage_probability"
-    close_date: str | None = "closedate"
-    is_closed: str | None = "hs_is_closed"
-    is_won: str | None = "hs_is_closed_won"
-
-
-class HubSpotSettings(Section):
-    """The HubSpot connector: API host, paging, retries and the property mapping.
-
-    The private app's access token is a secret: ``TERRITORY_HUBSPOT__ACCESS_TOKEN``, environment only.
-    """
-
-    base_url: str = Field("https://api.hubapi.com", description="API host; the sandbox's URL in tests")
-    access_token: SecretStr | None = Field(None, description="private app access token (environment only)")
-    search_page_size: int = Field(200, ge=1, le=200, description="records per search request")
-    search_requests_per_second: float = Field(
-        4.0, ge=0, le=1000, description="pace of search requests (HubSpot allows 5/s); 0: unpaced"
-    )
-    list_page_size: int = Field(100, ge=1, le=100, description="records per list request (archived)")
-    batch_size: int = Field(100, ge=1, le=100, description="records per batch read or update")
-    timeout_seconds: float = Field(30.0, gt=0, le=600, description="per request")
-    max_attempts: int = Field(6, ge=1, le=20, description="tries per request on 429, 5xx, timeouts")
-    max_wait_seconds: float = Field(60.0, ge=0, le=3600, description="longest wait between tries")
-    quota_share: float = Field(
-        0.8, gt=0, le=1, description="stop before the account's daily API usage passes this share"
-    )
-    companies: HubSpotCompanyProperties = Field(default_factory=HubSpotCompanyProperties)
-    deals: HubSpotDealProperties = Field(default_factory=HubSpotDealProperties)
-
-
-class SalesforceUserFields(Section):
-    """Which User field feeds each owner column (null: not held in Salesforce, e.g. from sync.roster)."""
-
-    id: str = "Id"
-    name: str | None = "Name"
-    email: str | None = "Email"
-    region: str | None = "Division"
-    team: str | None = "Department"
-    capacity: str | None = "Capacity__c"
-    home_lat: str | None = "Home_Latitude__c"
-    home_lon: str | None = "Home_Longitude__c"
-    quota: str | None = "Quota__c"
-    active: str | None = "IsActive"
-    modified_at: str | None = "SystemModstamp"
-
-
-class SalesforceAccountFields(Section):
-    """Which Account field feeds each account column (null: not held in Salesforce)."""
-
-    id: str = "Id"
-    name: str | None = "Name"
-    owner_id: str | None = "OwnerId"
-    tier: str | None = "Tier__c"
-    industry: str | None = "Industry"
-    arr: str | None = "ARR__c"
-    potential: str | None = "Potential__c"
-    lat: str | None = "BillingLatitude"
-    lon: str | None = "BillingLongitude"
-    protected: str | None = "Protected__c"
-    modified_at: str | None = "SystemModstamp"
-
-
-class SalesforceOpportunityFields(Section):
-    """Which Opportunity field feeds each opportunity column (null: not held in Salesforce)."""
-
-    id: str = "Id"
-    account_id: str | None = "AccountId"
-    owner_id: str | None = "OwnerId"
-    name: str | None = "Name"
-    stage: str | None = "StageName"
-    amount: str | None = "Amount"
-    probability: str | None = "Probability"
-    close_date: str | None = "CloseDate"
-    is_closed: str | None = "IsClosed"
-    is_won: str | None = "IsWon"
-    modified_at: str | None = "SystemModstamp"
-
-
-class SalesforceFields(Section):
-    """The field mapping of the three objects the connector reads."""
-
-    owners: SalesforceUserFields = Field(default_factory=SalesforceUserFields)
-    accounts: SalesforceAccountFields = Field(default_factory=SalesforceAccountFields)
-    opportunities: SalesforceOpportunityFields = Field(default_factory=SalesforceOpportunityFields)
-
-
-class SalesforceSettings(Section):
-    """The Salesforce connector: auth, API version, reads, quota guard, field mapping.
-
-    Secrets, environment only: ``TERRITORY_SALESFORCE__ACCESS_TOKEN``, ``..._PASSWORD``,
-    ``..._SECURITY_TOKEN``.
-    """
-
-    auth: Literal["access_token", "password", "jwt"] = Field(
-        "password", description="access_token (+ instance_url), password (+ token) or jwt (bearer flow)"
-    )
-    login_url: str = Field("https://login.salesforce.com", description="login host: login, test or My Domain")
-    instance_url: str | None = Field(None, description="the org's URL, for auth: access_token")
-    username: str | None = Field(None, description="API user, for password and jwt")
-    consumer_key: str | None = Field(None, description="connected app's consumer key, for jwt")
-    private_key_path: Path | None = Field(None, description="PEM RSA key the connected app trusts, for jwt")
-    access_token: SecretStr | None = Field(None, description="session id (environment only)")
-    password: SecretStr | None = Field(None, description="API user's password (environment only)")
-    security_token: SecretStr | None = Field(None, description="API user's security token (environment only)")
-    api_version: str = Field("59.0", pattern=r"^\d+\.\d$", description="REST API version, without the v")
-    ca_bundle: Path | None = Field(None, description="CA file to trust instead of the system's (the sandbox)")
-
-    @field_validator("ca_bundle")
-    @classmethod
-    def _ca_bundle_exists(cls, value: Path | None) -> Path | None:
-        if value is not None and not value.is_file():
-            raise ValueError(f"no CA file at {value}")
-        return value
-
-    lookback_seconds: int = Field(
-        0, ge=0, le=86_400, description="extra re-read before the cursor, on top of sync.lookback_seconds"
-    )
-    page_size: int = Field(2000, ge=200, le=2000, description="records per REST query page")
-    bulk_threshold_rows: int = Field(
-        50_000, ge=0, description="a full read of more rows than this uses Bulk API 2.0"
-    )
-    bulk_page_rows: int = Field(50_000, ge=1, le=1_000_000, description="rows per Bulk API 2.0 result page")
-    bulk_poll_seconds: float = Field(0.5, gt=0, le=60, description="first wait before polling a bulk job")
-    quota_share: float = Field(
-        0.8, gt=0, le=1, description="stop before the org's daily API usage passes this share"
-    )
-    timeout_seconds: float = Field(60.0, gt=0, le=600, description="per request")
-    max_attempts: int = Field(5, ge=1, le=20, description="tries per request on 429, 5xx, timeouts")
-    max_wait_seconds: float = Field(60.0, ge=0, le=3600, description="longest wait between tries")
-    probability_is_percent: bool = Field(True, description="Probability holds 0-100 (Salesforce's own)")
-    fields: SalesforceFields = Field(default_factory=SalesforceFields)
-
-
 _config_file: contextvars.ContextVar[tuple[Path, dict[str, Any]] | None] = contextvars.ContextVar(
     "territory_config_file", default=None
 )
@@ -464,15 +293,6 @@ class _YamlSource(PydanticBaseSettingsSource):
         return dict(self._data)
 
 
-def _is_secret(annotation: Any) -> bool:
-    """Whether a field's annotation is ``SecretStr`` or ``SecretStr | None``."""
-    if annotation is SecretStr:
-        return True
-    if isinstance(annotation, types.UnionType) or typing.get_origin(annotation) is typing.Union:
-        return SecretStr in typing.get_args(annotation)
-    return False
-
-
 def _secret_keys(data: Mapping[str, Any], model: type[BaseModel], prefix: str = "") -> list[str]:
     """Dotted keys of ``data`` that are secret fields of ``model``."""
     found: list[str] = []
@@ -519,7 +339,7 @@ def read_config_file(path: Path) -> dict[str, Any]:
         raise ConfigError(f"{path}: the top level must be a mapping of keys, not {type(data).__name__}")
     secrets = _secret_keys(data, Settings)
     if secrets:
-        env = ENV_PREFIX + secrets[0].upper().replace(".", ENV_NESTED)
+        env = env_name(*secrets[0].split("."))
         raise ConfigError(
             f"{path}: {secrets[0]}: secrets are read only from the environment; remove it and set {env}"
         )
@@ -543,7 +363,7 @@ def _describe(error: Mapping[str, Any], path: Path | None, data: Mapping[str, An
     if path is not None and _in_mapping(data, loc):
         origin = str(path)
     else:
-        origin = "environment " + ENV_PREFIX + ENV_NESTED.join(str(p).upper() for p in loc)
+        origin = "environment " + env_name(*(str(p) for p in loc))
     if error["type"] == "extra_forbidden":
         return f"{origin}: {key}: unknown key"
     given = error.get("input")

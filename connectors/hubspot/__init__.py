@@ -1,5 +1,6 @@
 """The HubSpot connector: owners, companies and deals through hubspot-api-client, owner write-back.
 
+``settings`` declares the ``hubspot`` settings section, ``connector`` the connector itself,
 ``client`` holds the API objects and the one mapping of vendor errors (with the retries), ``streams``
 the incremental reads, ``mapping`` the configured property mapping, ``writeback`` the conflict-checked
 owner changes.
@@ -7,82 +8,18 @@ owner changes.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
-
-from connectors.base import Batch, CrmObject, Cursor, OwnerChange, WriteResult
-from connectors.errors import ConnectorConfigError
-from connectors.hubspot import writeback
-from connectors.hubspot.client import HubSpotClient
-from connectors.hubspot.streams import ObjectStream, owner_batches, prefetched
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from service.settings import HubSpotSettings, Settings
+    from connectors.hubspot.connector import HubSpotConnector
 
 __all__ = ["HubSpotConnector"]
 
 
-class HubSpotConnector:
-    """HubSpot as the sync engine and the write-back see it (:class:`connectors.base.Connector`)."""
+def __getattr__(name: str) -> Any:
+    """``HubSpotConnector`` on first use: its settings section imports without the client library."""
+    if name == "HubSpotConnector":
+        from connectors.hubspot.connector import HubSpotConnector
 
-    source = "hubspot"
-
-    def __init__(
-        self, client: HubSpotClient, settings: HubSpotSettings, *, batch_rows: int = 5000, prefetch: int = 1
-    ) -> None:
-        self.client = client
-        self.settings = settings
-        self.prefetch = prefetch  # batches read ahead in a worker thread while the engine stores one
-        self.companies = ObjectStream(
-            client,
-            "companies",
-            settings.companies.model_dump(),
-            page_size=settings.search_page_size,
-            list_page_size=settings.list_page_size,
-            batch_rows=batch_rows,
-        )
-        self.deals = ObjectStream(
-            client,
-            "deals",
-            settings.deals.model_dump(),
-            page_size=settings.search_page_size,
-            list_page_size=settings.list_page_size,
-            batch_rows=batch_rows,
-        )
-
-    @classmethod
-    def from_settings(cls, settings: Settings) -> HubSpotConnector:
-        """The connector of ``settings.hubspot`` (ConnectorConfigError when the token is missing).
-
-        Batches hold about ``sync.batch_size`` records, the rows the engine stores per transaction.
-        """
-        return cls(HubSpotClient(settings.hubspot), settings.hubspot, batch_rows=settings.sync.batch_size)
-
-    def read(self, obj: CrmObject, since: Cursor | None, *, full: bool = False) -> Iterator[Batch]:
-        """Batches of ``obj`` changed since ``since`` (everything when ``full``), then its deletes."""
-        start = None if full else since
-        if obj is CrmObject.owners:
-            return owner_batches(self.client, start)
-        if obj is CrmObject.accounts:
-            return prefetched(self.companies.batches(start), self.prefetch)
-        if obj is CrmObject.opportunities:
-            return prefetched(self.deals.batches(start), self.prefetch)
-        raise ValueError(f"HubSpot has no {obj}")
-
-    def apply_owner_changes(
-        self, changes: Sequence[OwnerChange], obj: CrmObject = CrmObject.accounts
-    ) -> list[WriteResult]:
-        """Write owner changes whose company (or deal) still has the expected owner; one result each."""
-        if obj is CrmObject.owners:
-            raise ValueError("owners have no owner to change")
-        deals = obj is CrmObject.opportunities
-        owner_property = self.settings.deals.owner_id if deals else self.settings.companies.owner_id
-        if owner_property is None:
-            raise ConnectorConfigError("hubspot.deals.owner_id is null: deal owners cannot be written")
-        return writeback.apply_owner_changes(
-            self.client,
-            changes,
-            owner_property=owner_property,
-            batch_size=self.settings.batch_size,
-            kind="deals" if deals else "companies",
-        )
+        return HubSpotConnector
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

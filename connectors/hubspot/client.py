@@ -1,21 +1,22 @@
 """The hubspot-api-client APIs the connector uses, and the one place that maps their failures.
 
 Every call goes through :meth:`HubSpotClient.call`: HubSpot's ``ApiException`` (``.status``, ``.headers``,
-``.body``) and urllib3's transport errors become :mod:`connectors.errors`; tenacity retries only
-:class:`RetriableError`, for POSTs (search, batch) as for GETs, since the client's own retry skips POSTs
-and is switched off here. A 429 waits its ``Retry-After`` plus jitter; other retriable failures back off
-exponentially with full jitter.
+``.body``) and urllib3's transport errors become :mod:`connectors.errors`; the one retry policy
+(:mod:`connectors.retry`) retries only :class:`RetriableError`, for POSTs (search, batch) as for GETs,
+since the client's own retry skips POSTs and is switched off here. The daily-usage headers feed the
+shared quota guard.
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import logging
 import math
 import random
 import time
 from collections.abc import Callable, Mapping
-from typing import TYPE_CHECKING, Any, Final
+from typing import Any, Final
 
 import urllib3
 from hubspot import HubSpot
@@ -23,7 +24,6 @@ from hubspot.crm.associations.v4.exceptions import ApiException as AssociationsA
 from hubspot.crm.companies.exceptions import ApiException as CompaniesApiException
 from hubspot.crm.deals.exceptions import ApiException as DealsApiException
 from hubspot.crm.owners.exceptions import ApiException as OwnersApiException
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
 from connectors.errors import (
     ConnectorConfigError,
@@ -32,9 +32,8 @@ from connectors.errors import (
     QuotaExhausted,
     RetriableError,
 )
-
-if TYPE_CHECKING:  # connectors do not import the service at run time; the settings come in as a value
-    from service.settings import HubSpotSettings
+from connectors.hubspot.settings import HubSpotSettings
+from connectors.retry import QuotaGuard, RetryPolicy, parse_retry_after
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +51,7 @@ TRANSPORT_ERRORS: Final = (
     ConnectionError,
     TimeoutError,
 )
-_TOKEN_ENV: Final = "TERRITORY_HUBSPOT__ACCESS_TOKEN"  # noqa: S105 (the variable's name)
+_TOKEN_ENV: Final = HubSpotSettings.env("access_token")
 _SECONDLY_WAIT: Final = 1.0  # a 429 without Retry-After under the per-second policy
 
 
@@ -69,10 +68,7 @@ def _body(raw: Any) -> dict[str, Any]:
 
 def _retry_after(headers: Mapping[str, str] | None) -> float | None:
     value = headers.get("Retry-After") if headers is not None else None
-    try:
-        return max(0.0, float(value)) if value is not None else None
-    except ValueError:
-        return None
+    return parse_retry_after(value, dt.datetime.now(dt.UTC))
 
 
 def map_error(exc: BaseException, what: str) -> BaseException:
@@ -132,8 +128,11 @@ class HubSpotClient:
         self._last_search = -math.inf
         self._rng = rng or random.Random()  # noqa: S311 (jitter, not security)
         self.retries = 0
-        self.quota_used: tuple[int, int] | None = None  # (calls used, daily limit) once past quota_share
-        # retry=False: the client does no retries of its own (they would skip POSTs); ours are below.
+        self.policy = RetryPolicy(settings.max_attempts, settings.max_wait_seconds)
+        self.quota = QuotaGuard(
+            settings.quota_share, crm="HubSpot", setting=HubSpotSettings.setting("quota_share")
+        )
+        # retry=False: the client does no retries of its own (they would skip POSTs); the policy's apply.
         hs = HubSpot(access_token=token, host=settings.base_url.rstrip("/"), retry=False)
         crm = hs.crm
         self.owners = crm.owners.owners_api
@@ -159,37 +158,19 @@ class HubSpotClient:
             self._sleep(wait)
         self._last_search = self._clock()
 
-    def _wait(self, state: RetryCallState) -> float:
-        """Retry-After plus up to 10% jitter when the service said; else exponential full jitter."""
-        outcome = state.outcome
-        exc = outcome.exception() if outcome is not None else None
-        cap = self.settings.max_wait_seconds
-        told = exc.retry_after if isinstance(exc, RetriableError) else None
-        if told is not None:
-            return min(cap, told + self._rng.uniform(0, 0.1 * told + 0.01))
-        return min(cap, self._rng.uniform(0, 0.5 * 2 ** (state.attempt_number - 1)))
-
-    def _log_retry(self, state: RetryCallState) -> None:
+    def _count_retry(self, attempt: int, wait: float, error: RetriableError) -> None:
+        """Count the retries (the tests and the sync summary's logs compare them with the faults)."""
         self.retries += 1
-        outcome = state.outcome
-        exc = outcome.exception() if outcome is not None else None
-        wait = state.next_action.sleep if state.next_action is not None else None
-        log.warning(
-            "hubspot request failed; retrying",
-            extra={"attempt": state.attempt_number, "wait_seconds": wait, "error": str(exc)},
-        )
 
     def call(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         """``fn(*args, **kwargs)`` with the timeout, the retries and the error mapping."""
-        retrying = Retrying(
-            stop=stop_after_attempt(self.settings.max_attempts),
-            wait=self._wait,
-            retry=retry_if_exception_type(RetriableError),
+        return self.policy.call(
+            lambda: self._once(what, fn, *args, **kwargs),
             sleep=self._sleep,
-            before_sleep=self._log_retry,
-            reraise=True,
+            rng=self._rng,
+            what=f"hubspot {what}",
+            on_retry=self._count_retry,
         )
-        return retrying(self._once, what, fn, *args, **kwargs)
 
     def call_json(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
         """Like :meth:`call`, but the response body as parsed JSON, skipping the client's model layer.
@@ -202,22 +183,16 @@ class HubSpotClient:
         return body  # type: ignore[no-any-return]
 
     def _note_quota(self, headers: Mapping[str, str]) -> None:
-        """Remember when the account's daily usage passed ``quota_share``: the next call then stops."""
+        """Hand the account's daily usage to the quota guard, which stops a call that would pass the share."""
         try:
             daily = int(headers.get("X-HubSpot-RateLimit-Daily", ""))
             remaining = int(headers.get("X-HubSpot-RateLimit-Daily-Remaining", ""))
         except ValueError:
             return  # not every endpoint (or auth type) reports the daily limit
-        if daily > 0 and (daily - remaining) / daily > self.settings.quota_share:
-            self.quota_used = (daily - remaining, daily)
+        self.quota.observe(daily - remaining, daily)
 
     def _once(self, what: str, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        if self.quota_used is not None:
-            used, daily = self.quota_used
-            raise QuotaExhausted(
-                f"{what}: HubSpot's daily API usage is {used:,} of {daily:,} calls, past "
-                f"hubspot.quota_share={self.settings.quota_share:g}; stopped to leave the rest to other apps"
-            )
+        self.quota.check(what)
         try:
             return fn(*args, _request_timeout=self.settings.timeout_seconds, **kwargs)
         except ConnectorError:

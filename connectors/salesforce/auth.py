@@ -18,6 +18,8 @@ import requests
 from simple_salesforce.login import soap_login, token_login
 
 from connectors.errors import ConnectorConfigError
+from connectors.salesforce.settings import SalesforceSettings
+from connectors.settings import is_secret
 
 
 class AuthMethod(enum.StrEnum):
@@ -50,24 +52,21 @@ class Credentials:
 
     def check(self) -> None:
         """Refuse, with the setting to fix, a method whose inputs are missing."""
-        need: dict[AuthMethod, tuple[tuple[str, str], ...]] = {
-            AuthMethod.access_token: (
-                ("instance_url", "salesforce.instance_url"),
-                ("access_token", "TERRITORY_SALESFORCE__ACCESS_TOKEN"),
-            ),
-            AuthMethod.password: (
-                ("username", "salesforce.username"),
-                ("password", "TERRITORY_SALESFORCE__PASSWORD"),
-            ),
-            AuthMethod.jwt: (
-                ("username", "salesforce.username"),
-                ("consumer_key", "salesforce.consumer_key"),
-                ("private_key_path", "salesforce.private_key_path"),
-            ),
+        need: dict[AuthMethod, tuple[str, ...]] = {
+            AuthMethod.access_token: ("instance_url", "access_token"),
+            AuthMethod.password: ("username", "password"),
+            AuthMethod.jwt: ("username", "consumer_key", "private_key_path"),
         }
-        for attr, where in need[self.method]:
+        for attr in need[self.method]:
             if not getattr(self, attr):
-                raise ConnectorConfigError(f"salesforce auth {self.method.value}: {where} is not set")
+                raise ConnectorConfigError(f"salesforce auth {self.method.value}: {_where(attr)} is not set")
+
+
+def _where(field: str) -> str:
+    """Where the operator sets ``field``: its environment variable for a secret, else its key."""
+    if is_secret(SalesforceSettings.model_fields[field].annotation):
+        return SalesforceSettings.env(field)
+    return SalesforceSettings.setting(field)
 
 
 def _soap_body(username: str, password: str) -> str:

@@ -1,9 +1,10 @@
 """The connector's one door to Salesforce: vendor exceptions mapped, retries, re-auth and the quota guard.
 
 Every API call goes through :meth:`SalesforceClient.call`, which maps simple-salesforce and requests
-exceptions onto :mod:`connectors.errors`, retries only :class:`RetriableError` (honouring
-``Retry-After``, with jitter), re-authenticates once on ``INVALID_SESSION_ID``, and refuses to start a
-call once the org's daily API usage (``Sforce-Limit-Info``) has reached the configured share.
+exceptions onto :mod:`connectors.errors`, retries only :class:`RetriableError` with the one retry policy
+of :mod:`connectors.retry` (``Retry-After`` honoured, jitter), re-authenticates once on
+``INVALID_SESSION_ID``, and, through the shared quota guard, refuses to start a call once the org's
+daily API usage (``Sforce-Limit-Info``) has reached the configured share.
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import math
 import random
 import re
 import threading
@@ -31,7 +31,6 @@ from simple_salesforce.exceptions import (
     SalesforceRefusedRequest,
     SalesforceResourceNotFound,
 )
-from tenacity import RetryCallState, Retrying, retry_if_exception_type, stop_after_attempt
 
 from connectors.errors import (
     AuthExpiredError,
@@ -41,7 +40,9 @@ from connectors.errors import (
     QuotaExhausted,
     RetriableError,
 )
+from connectors.retry import QuotaGuard, RetryPolicy, parse_retry_after
 from connectors.salesforce.auth import Credentials, login
+from connectors.salesforce.settings import SalesforceSettings
 
 log = logging.getLogger(__name__)
 
@@ -157,40 +158,41 @@ class SalesforceClient:
         max_wait_seconds: float = 60.0,
         clock: Callable[[], dt.datetime] | None = None,
         sleep: Callable[[float], None] = time.sleep,
+        rng: random.Random | None = None,
     ) -> None:
         self.creds = creds
         self.session = session or make_session()
-        self.quota_share = quota_share
-        self.max_attempts = max_attempts
-        self.max_wait_seconds = max_wait_seconds
+        self.quota = QuotaGuard(
+            quota_share, crm="salesforce", setting=SalesforceSettings.setting("quota_share")
+        )
+        self.policy = RetryPolicy(max_attempts, max_wait_seconds)
         self.clock = clock or (lambda: dt.datetime.now(dt.UTC))
         self.sleep = sleep
-        self.usage = ApiUsage()
+        self.rng = rng or random.Random()  # noqa: S311 - jitter, not security
         self.logins = 0
         self._local = threading.local()
         self._sf: Salesforce | None = None
         self.session.hooks["response"].append(self._observe)
+
+    @property
+    def usage(self) -> ApiUsage:
+        """The org's daily API usage as the last response reported it."""
+        used, limit = self.quota.usage
+        return ApiUsage(used, limit)
 
     # --- observing every response -----------------------------------------------------------------
     def _observe(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
         """Read ``Sforce-Limit-Info`` and ``Retry-After`` from every answer, the bulk ones included."""
         match = _LIMIT_INFO.search(response.headers.get("Sforce-Limit-Info", ""))
         if match:
-            self.usage = ApiUsage(int(match.group(1)), int(match.group(2)))
+            self.quota.observe(int(match.group(1)), int(match.group(2)))
         retry_after = response.headers.get("Retry-After")
-        self._local.retry_after = _seconds(retry_after) if response.status_code >= 400 else None
+        failed = response.status_code >= 400
+        self._local.retry_after = parse_retry_after(retry_after, self.clock()) if failed else None
 
     def forget_usage(self) -> None:
         """Let the next call through to learn the usage afresh (a new run: the quota may have reset)."""
-        self.usage = ApiUsage()
-
-    def _quota_guard(self) -> None:
-        usage = self.usage
-        if usage.limit and usage.used + 1 > self.quota_share * usage.limit:
-            raise QuotaExhausted(
-                f"salesforce API usage {usage.used}/{usage.limit}: one more call would pass the share "
-                f"{self.quota_share:.0%}; stopping until the daily quota resets"
-            )
+        self.quota.forget()
 
     # --- session ----------------------------------------------------------------------------------
     def _connect(self) -> Salesforce:
@@ -222,7 +224,7 @@ class SalesforceClient:
         """Run one API call ``fn(sf)`` with the quota guard, retries and one re-auth on a 401."""
 
         def attempt() -> T:
-            self._quota_guard()
+            self.quota.check(what)
             sf = self.sf
             try:
                 return self._mapped(fn, sf)
@@ -230,7 +232,7 @@ class SalesforceClient:
                 if not self.creds.can_reauthenticate:
                     raise ConnectorConfigError(
                         "salesforce rejected the access token (expired or invalid); set a fresh "
-                        "TERRITORY_SALESFORCE__ACCESS_TOKEN or use the password or jwt auth method"
+                        f"{SalesforceSettings.env('access_token')} or use the password or jwt auth method"
                     ) from None
                 log.info("salesforce session expired; logging in again", extra={"what": what})
                 self._sf = None
@@ -252,32 +254,7 @@ class SalesforceClient:
             raise translate(exc, getattr(self._local, "retry_after", None)) from exc
 
     def _call_with_retries(self, fn: Callable[[], T], what: str = "login") -> T:
-        retrying = Retrying(
-            retry=retry_if_exception_type(RetriableError),
-            stop=stop_after_attempt(self.max_attempts),
-            wait=self._wait,
-            sleep=self.sleep,
-            reraise=True,
-            before_sleep=lambda state: log.warning(
-                "salesforce call failed; retrying",
-                extra={"what": what, "attempt": state.attempt_number, "error": str(state.outcome.exception())}
-                if state.outcome is not None
-                else {"what": what},
-            ),
-        )
-        return retrying(fn)
-
-    def _wait(self, state: RetryCallState) -> float:
-        """``Retry-After`` when the server sent one, else exponential backoff; jitter either way."""
-        exc = state.outcome.exception() if state.outcome is not None else None
-        retry_after = exc.retry_after if isinstance(exc, RetriableError) else None
-        if retry_after is not None:
-            base = retry_after
-            jitter = random.uniform(0, min(1.0, 0.1 * retry_after + 0.01))  # noqa: S311 - jitter
-        else:
-            base = min(self.max_wait_seconds, 0.5 * 2 ** (state.attempt_number - 1))
-            jitter = random.uniform(0, base / 2)  # noqa: S311 - jitter
-        return min(self.max_wait_seconds, base + jitter)
+        return self.policy.call(fn, sleep=self.sleep, rng=self.rng, what=f"salesforce {what}")
 
     # --- the calls the streams and the write-back make --------------------------------------------
     def query_pages(
@@ -351,18 +328,3 @@ class SalesforceClient:
     def base_path(self) -> str:
         """The REST path prefix composite subrequests use, e.g. ``/services/data/v59.0``."""
         return f"/services/data/v{self.creds.api_version}"
-
-
-def _seconds(value: str | None) -> float | None:
-    """A ``Retry-After`` value in seconds (a number; HTTP dates are read relative to now)."""
-    if not value:
-        return None
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = dt.datetime.strptime(value, "%a, %d %b %Y %H:%M:%S GMT").replace(tzinfo=dt.UTC)
-        except ValueError:
-            return None
-        seconds = (when - dt.datetime.now(dt.UTC)).total_seconds()
-    return max(0.0, seconds) if math.isfinite(seconds) else None

@@ -18,6 +18,11 @@ from typing import Any, Final
 
 from connectors.base import CANONICAL_COLUMNS, CrmObject, Cursor
 from connectors.errors import ConnectorConfigError
+from connectors.salesforce.settings import (
+    SalesforceAccountFields,
+    SalesforceOpportunityFields,
+    SalesforceUserFields,
+)
 
 SOBJECTS: Final[Mapping[CrmObject, str]] = {
     CrmObject.owners: "User",
@@ -25,47 +30,15 @@ SOBJECTS: Final[Mapping[CrmObject, str]] = {
     CrmObject.opportunities: "Opportunity",
 }
 
-# The defaults: standard fields where Salesforce has one, custom fields (``__c``) where it has not.
+# The defaults (standard fields where Salesforce has one, custom ``__c`` ones where it has not) are
+# the settings section's own, declared once in ``connectors.salesforce.settings``.
 DEFAULT_FIELDS: Final[Mapping[CrmObject, Mapping[str, str | None]]] = {
-    CrmObject.owners: {
-        "id": "Id",
-        "name": "Name",
-        "email": "Email",
-        "region": "Division",
-        "team": "Department",
-        "capacity": "Capacity__c",
-        "home_lat": "Home_Latitude__c",
-        "home_lon": "Home_Longitude__c",
-        "quota": "Quota__c",
-        "active": "IsActive",
-        "modified_at": "SystemModstamp",
-    },
-    CrmObject.accounts: {
-        "id": "Id",
-        "name": "Name",
-        "owner_id": "OwnerId",
-        "tier": "Tier__c",
-        "industry": "Industry",
-        "arr": "ARR__c",
-        "potential": "Potential__c",
-        "lat": "BillingLatitude",
-        "lon": "BillingLongitude",
-        "protected": "Protected__c",
-        "modified_at": "SystemModstamp",
-    },
-    CrmObject.opportunities: {
-        "id": "Id",
-        "account_id": "AccountId",
-        "owner_id": "OwnerId",
-        "name": "Name",
-        "stage": "StageName",
-        "amount": "Amount",
-        "probability": "Probability",
-        "close_date": "CloseDate",
-        "is_closed": "IsClosed",
-        "is_won": "IsWon",
-        "modified_at": "SystemModstamp",
-    },
+    obj: {name: field.default for name, field in section.model_fields.items()}
+    for obj, section in (
+        (CrmObject.owners, SalesforceUserFields),
+        (CrmObject.accounts, SalesforceAccountFields),
+        (CrmObject.opportunities, SalesforceOpportunityFields),
+    )
 }
 
 CURSOR_FIELD: Final = "SystemModstamp"

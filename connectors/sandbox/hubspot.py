@@ -22,7 +22,6 @@ from collections import Counter, deque
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
 
@@ -31,6 +30,7 @@ import numpy.typing as npt
 import pandas as pd
 
 from connectors.sandbox.generator import Org
+from connectors.sandbox.http import Request, Response, SandboxHttpServer
 
 log = logging.getLogger(__name__)
 
@@ -934,56 +934,6 @@ class _Counters:
     answered: deque[tuple[float, str, int]] = field(default_factory=lambda: deque(maxlen=10_000))
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    disable_nagle_algorithm = True  # headers and body go out as two writes: no 40 ms delayed-ACK stall
-    server: _Server
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("hubspot sandbox: %s", format % args)
-
-    def do_GET(self) -> None:
-        self._serve("GET")
-
-    def do_POST(self) -> None:
-        self._serve("POST")
-
-    def do_PATCH(self) -> None:
-        self._serve("PATCH")
-
-    def _serve(self, method: str) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        raw = self.rfile.read(length) if length else b""
-        sandbox = self.server.sandbox
-        try:
-            status, body, headers = sandbox.dispatch(
-                method, self.path, self.headers.get("Authorization"), raw
-            )
-        except ApiError as exc:
-            status, body, headers = exc.status, exc.body, exc.headers
-        except (TypeError, ValueError, KeyError, AttributeError) as exc:  # a malformed request body
-            err = _validation(f"Invalid input: {type(exc).__name__}: {exc}")
-            status, body, headers = err.status, err.body, err.headers
-        route = f"{self.command} {self.path.split('?')[0].rstrip('/')}"
-        sandbox.counters.answered.append((time.monotonic(), route, status))
-        payload = json.dumps(body, separators=(",", ":")).encode()
-        try:
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json;charset=utf-8")
-            self.send_header("Content-Length", str(len(payload)))
-            for name, value in {**sandbox.rate_limit_headers(), **headers}.items():
-                self.send_header(name, value)
-            self.end_headers()
-            self.wfile.write(payload)
-        except (BrokenPipeError, ConnectionResetError):
-            self.close_connection = True
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    sandbox: SandboxServer
-
-
 class SandboxServer:
     """A running fake HubSpot: ``url`` for the client's host, ``access_token``, ``state``, ``stop()``."""
 
@@ -996,23 +946,30 @@ class SandboxServer:
         self.counters = _Counters()
         self._rng = random.Random(faults.seed)  # noqa: S311 (fault injection, not security)
         self._rng_lock = threading.Lock()
-        self._httpd = _Server((host, port), _Handler)
-        self._httpd.sandbox = self
-        bound_host, bound_port = self._httpd.server_address[:2]
-        self.url = f"http://{bound_host!s}:{bound_port}"
-        self._thread = threading.Thread(
-            target=self._httpd.serve_forever,
-            kwargs={"poll_interval": 0.05},
-            name="hubspot-sandbox",
-            daemon=True,
-        )
-        self._thread.start()
+        self._http = SandboxHttpServer(self.respond, name="hubspot-sandbox", host=host, port=port)
+        self.url = self._http.url
+        self._http.start()
 
     def stop(self) -> None:
         """Stop serving and close the socket."""
-        self._httpd.shutdown()
-        self._httpd.server_close()
-        self._thread.join(timeout=5)
+        self._http.stop()
+
+    def respond(self, request: Request) -> Response:
+        """The HTTP app: one request dispatched, its answer as HubSpot's JSON with the rate-limit headers."""
+        try:
+            status, body, headers = self.dispatch(
+                request.method, request.target, request.headers.get("Authorization"), request.body
+            )
+        except ApiError as exc:
+            status, body, headers = exc.status, exc.body, exc.headers
+        except (TypeError, ValueError, KeyError, AttributeError) as exc:  # a malformed request body
+            err = _validation(f"Invalid input: {type(exc).__name__}: {exc}")
+            status, body, headers = err.status, err.body, err.headers
+        route = f"{request.method} {request.path.rstrip('/')}"
+        self.counters.answered.append((time.monotonic(), route, status))
+        payload = json.dumps(body, separators=(",", ":")).encode()
+        out = {"Content-Type": "application/json;charset=utf-8", **self.rate_limit_headers(), **headers}
+        return Response(status, payload, out)
 
     def __enter__(self) -> SandboxServer:
         return self

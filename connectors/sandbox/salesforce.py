@@ -29,8 +29,6 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, Final
 from urllib.parse import parse_qs, urlsplit
@@ -41,6 +39,7 @@ import numpy as np
 import pandas as pd
 
 from connectors.sandbox.generator import Org
+from connectors.sandbox.http import App, Request, Response, SandboxHttpServer
 from connectors.sandbox.soql import Query, SoqlError, format_datetime, parse
 from connectors.sandbox.tls import make_certificates, make_jwt_key, server_context
 
@@ -949,37 +948,16 @@ class SalesforceApi:
         return buffer.getvalue().encode()
 
 
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-    allow_reuse_address = True
-    api: SalesforceApi
+def _serve(api: SalesforceApi) -> App:
+    """The sandbox's HTTP app: every request to ``api``."""
 
-    def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that hung up (a timeout test, a killed sync) is routine, not a traceback on stderr."""
-        log.debug("salesforce sandbox: connection from %s dropped", client_address, exc_info=True)
+    def app(request: Request) -> Response:
+        status, headers, body = api.handle(
+            request.method, request.target, dict(request.headers.items()), request.body
+        )
+        return Response(status, body, headers)
 
-
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server: _Server
-
-    def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        headers = dict(self.headers.items())
-        status, out_headers, payload = self.server.api.handle(self.command, self.path, headers, body)
-        phrase = HTTPStatus(status).phrase if status in HTTPStatus._value2member_map_ else ""
-        self.send_response(status, phrase)
-        for name, value in out_headers.items():
-            self.send_header(name, value)
-        self.send_header("Content-Length", str(len(payload)))
-        self.end_headers()
-        self.wfile.write(payload)
-
-    do_GET = do_POST = do_PATCH = do_DELETE = do_PUT = _serve
-
-    def log_message(self, format: str, *args: Any) -> None:
-        log.debug("salesforce sandbox: " + format, *args)  # noqa: G003
+    return app
 
 
 @dataclass
@@ -992,14 +970,11 @@ class SandboxServer:
     state: SandboxState
     faults: SalesforceFaults
     jwt_key_path: Path
-    _server: _Server
-    _thread: threading.Thread
+    _http: SandboxHttpServer
 
     def stop(self) -> None:
         """Stop serving and close the socket."""
-        self._server.shutdown()
-        self._server.server_close()
-        self._thread.join(timeout=5)
+        self._http.stop()
 
 
 def start_salesforce_sandbox(
@@ -1021,14 +996,12 @@ def start_salesforce_sandbox(
     certs = make_certificates(cert_dir, dt.datetime.now(dt.UTC), (host,))
     jwt_key_path = cert_dir / "jwt-client-key.pem"
     state.jwt_public_keys.append(make_jwt_key(jwt_key_path))
-    server = _Server((host, port), _Handler)
-    server.socket = server_context(certs).wrap_socket(server.socket, server_side=True)
-    url = f"https://{host}:{server.server_address[1]}"
-    server.api = SalesforceApi(state, faults, url)
-    token = state.new_token()
-    thread = threading.Thread(
-        target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="salesforce-sandbox", daemon=True
+    api = SalesforceApi(state, faults, "")
+    http = SandboxHttpServer(
+        _serve(api), name="salesforce-sandbox", host=host, port=port, tls=server_context(certs)
     )
-    thread.start()
+    url = api.base_url = http.url
+    token = state.new_token()
+    http.start()
     log.info("salesforce sandbox serving", extra={"url": url, "accounts": len(state.tables["Account"])})
-    return SandboxServer(url, certs.ca_path, token, state, faults, jwt_key_path, server, thread)
+    return SandboxServer(url, certs.ca_path, token, state, faults, jwt_key_path, http)

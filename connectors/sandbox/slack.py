@@ -12,9 +12,10 @@ import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs
+
+from connectors.sandbox.http import App, Request, Response, SandboxHttpServer
 
 Handler = Callable[["FakeSlack", dict[str, Any]], dict[str, Any]]
 
@@ -156,69 +157,48 @@ def _decode_args(content_type: str, raw: bytes) -> dict[str, Any]:
     return args
 
 
-def _handler_class(slack: FakeSlack) -> type[BaseHTTPRequestHandler]:
-    class SlackHandler(BaseHTTPRequestHandler):
-        """Routes ``POST /api/<method>`` to the fake's methods."""
+def _answer(status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> Response:
+    out = {"Content-Type": "application/json; charset=utf-8", **(headers or {})}
+    return Response(status, json.dumps(body).encode(), out)
 
-        def log_message(self, format: str, *args: Any) -> None:
-            """Quiet: the tests read the call record instead."""
 
-        def _send(self, status: int, body: dict[str, Any], headers: dict[str, str] | None = None) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(status)
-            self.send_header("Content-Type", "application/json; charset=utf-8")
-            self.send_header("Content-Length", str(len(data)))
-            for key, value in (headers or {}).items():
-                self.send_header(key, value)
-            self.end_headers()
-            self.wfile.write(data)
+def _app(slack: FakeSlack) -> App:
+    """Routes ``POST /api/<method>`` to the fake's methods."""
 
-        def do_POST(self) -> None:
-            """One Web API call."""
-            method = self.path.split("?", 1)[0].removeprefix("/api/").strip("/")
-            raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
-            try:
-                args = _decode_args(self.headers.get("Content-Type", ""), raw)
-            except (UnicodeDecodeError, json.JSONDecodeError):
-                self._send(200, _err("invalid_json"))
-                return
-            auth = self.headers.get("Authorization", "")
-            token = (
-                auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else args.pop("token", "")
-            )
-            with slack._lock:
-                slack.calls.append(SlackCall(method, args))
-                if method not in METHODS:
-                    self._send(404, _err("unknown_method"))
-                    return
-                if not token:
-                    self._send(200, _err("not_authed"))
-                    return
-                if token != slack.token:
-                    self._send(200, _err("invalid_auth"))
-                    return
-                pending = slack.rate_limits.get(method)
-                if pending:
-                    retry_after = pending.pop(0)
-                    self._send(429, _err("ratelimited"), {"Retry-After": str(retry_after)})
-                    return
-                body = METHODS[method](slack, args)
-            self._send(200, body)
+    def app(request: Request) -> Response:
+        if request.method != "POST":
+            return _answer(405, _err("method_not_allowed"))
+        method = request.path.removeprefix("/api/").strip("/")
+        try:
+            args = _decode_args(request.headers.get("Content-Type", ""), request.body)
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            return _answer(200, _err("invalid_json"))
+        auth = request.headers.get("Authorization", "")
+        token = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else args.pop("token", "")
+        with slack._lock:
+            slack.calls.append(SlackCall(method, args))
+            if method not in METHODS:
+                return _answer(404, _err("unknown_method"))
+            if not token:
+                return _answer(200, _err("not_authed"))
+            if token != slack.token:
+                return _answer(200, _err("invalid_auth"))
+            pending = slack.rate_limits.get(method)
+            if pending:
+                retry_after = pending.pop(0)
+                return _answer(429, _err("ratelimited"), {"Retry-After": str(retry_after)})
+            body = METHODS[method](slack, args)
+        return _answer(200, body)
 
-    return SlackHandler
+    return app
 
 
 @contextmanager
 def serve(slack: FakeSlack | None = None) -> Iterator[tuple[FakeSlack, str]]:
     """Run the fake on a free loopback port; yield it and the ``base_url`` for ``WebClient``."""
     state = slack or FakeSlack()
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_class(state))
-    server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, name="fake-slack", daemon=True)
-    thread.start()
+    server = SandboxHttpServer(_app(state), name="fake-slack").start()
     try:
-        yield state, f"http://127.0.0.1:{server.server_address[1]}/api/"
+        yield state, f"{server.url}/api/"
     finally:
-        server.shutdown()
-        server.server_close()
-        thread.join(timeout=5)
+        server.stop()

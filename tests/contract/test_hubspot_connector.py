@@ -1,4 +1,8 @@
-"""The HubSpot connector through the real client against the sandbox, every fault the issue names included."""
+"""The HubSpot connector through the real client against the sandbox: its own quirks.
+
+What every CRM connector does alike (Retry-After, 5xx, churn while paging, the quota stop, a refused
+credential, conflicts) is the conformance suite's, test_conformance.py, run against HubSpot as well.
+"""
 
 from __future__ import annotations
 
@@ -84,7 +88,7 @@ def deleted(batches: list[Batch]) -> list[str]:
 def test_is_a_connector_built_from_settings(sandbox: SandboxServer, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TERRITORY_HUBSPOT__ACCESS_TOKEN", sandbox.access_token)
     monkeypatch.setenv("TERRITORY_HUBSPOT__BASE_URL", sandbox.url)
-    connector = HubSpotConnector.from_settings(load_settings())
+    connector = HubSpotConnector.from_settings(load_settings().hubspot)
     assert isinstance(connector, Connector)
     assert connector.source == "hubspot"
     assert len(records(read_all(connector, CrmObject.owners))) == len(ORG.owners)
@@ -93,7 +97,7 @@ def test_is_a_connector_built_from_settings(sandbox: SandboxServer, monkeypatch:
 def test_missing_token_is_a_configuration_error(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.delenv("TERRITORY_HUBSPOT__ACCESS_TOKEN", raising=False)
     with pytest.raises(ConnectorConfigError, match="TERRITORY_HUBSPOT__ACCESS_TOKEN"):
-        HubSpotConnector.from_settings(load_settings())
+        HubSpotConnector.from_settings(load_settings().hubspot)
 
 
 def test_wrong_token_is_a_configuration_error_with_a_clear_message(sandbox: SandboxServer) -> None:
@@ -251,27 +255,6 @@ def test_429_retry_after_is_honoured_for_get_and_post() -> None:
         assert limited.counters.requests["GET /crm/v3/owners"] > 2  # 2 listings (active, archived) + retries
 
 
-def test_5xx_is_retried_then_surfaces_as_retriable() -> None:
-    faults = HubSpotFaults(server_error_share=1.0, seed=1)
-    with start_hubspot_sandbox(ORG, now=NOW, faults=faults) as failing:
-        waits = Waits()
-        connector = connector_for(failing, waits, max_attempts=4, max_wait_seconds=2.0)
-        with pytest.raises(RetriableError, match=r"search companies: HubSpot answered 50[023]"):
-            read_all(connector, CrmObject.accounts)
-        assert failing.counters.requests["POST /crm/v3/objects/companies/search"] == 4
-        assert len(waits.seconds) == 3
-        assert all(0 <= w <= 2.0 for w in waits.seconds)
-
-
-def test_some_5xx_are_retried_and_the_read_completes() -> None:
-    faults = HubSpotFaults(server_error_share=0.3, seed=8)
-    with start_hubspot_sandbox(ORG, now=NOW, faults=faults) as flaky:
-        connector = connector_for(flaky, search_page_size=100)
-        rows = records(read_all(connector, CrmObject.opportunities))
-        assert len({r["id"] for r in rows}) == len(rows) == len(ORG.opportunities)
-        assert sum(flaky.counters.faults.values()) >= 3
-
-
 def test_slow_responses_time_out_as_retriable_or_complete_within_the_timeout() -> None:
     faults = HubSpotFaults(slow_share=1.0, slow_seconds=0.3)
     with start_hubspot_sandbox(ORG, now=NOW, faults=faults) as slow:
@@ -282,37 +265,16 @@ def test_slow_responses_time_out_as_retriable_or_complete_within_the_timeout() -
         assert len(records(read_all(patient, CrmObject.owners))) == len(ORG.owners)
 
 
-def test_records_modified_or_deleted_while_paging_are_caught() -> None:
+def test_records_modified_while_paging_come_again_in_the_same_run() -> None:
+    # HubSpot's search pages the live data by hs_lastmodifieddate ascending: a record edited mid-run
+    # moves ahead of the cursor and is read again before the run ends (that the next run catches the
+    # rest is the conformance suite's churn test).
     faults = HubSpotFaults(modify_during_paging=3, delete_during_paging=1, seed=6)
     with start_hubspot_sandbox(ORG, now=NOW, faults=faults) as busy:
         connector = connector_for(busy, search_page_size=50)
-        store: dict[str, dict[str, Any]] = {}
-
-        def apply(batches: list[Batch]) -> Cursor | None:
-            last = None
-            for batch in batches:
-                for rec in batch.records:
-                    store[rec["id"]] = dict(rec)
-                for gone in batch.deleted_ids:
-                    store.pop(gone, None)
-                last = batch.cursor or last
-            return last
-
-        cursor = apply(read_all(connector, CrmObject.accounts))
-        assert cursor is not None
-        edited = sum(1 for r in store.values() if r["name"].endswith("(edited)"))
-        assert edited > 0  # records edited mid-run came again later in the same run
-        # The next run (the engine subtracts its lookback) catches whatever moved after its page.
-        busy.faults = HubSpotFaults()
-        apply(list(connector.read(CrmObject.accounts, Cursor(cursor.modified_at, ""))))
-        live = busy.state.company_ids()
-        assert sorted(store) == live
-        table = busy.state.companies
-        for object_id in live:
-            row = table.row(object_id)
-            assert row is not None
-            assert store[object_id]["name"] == table.prop(row, "name")
-        assert len(live) < len(ORG.accounts)
+        names = {r["id"]: r["name"] for r in records(read_all(connector, CrmObject.accounts))}
+        edited = sum(1 for name in names.values() if name.endswith("(edited)"))
+        assert edited > 0
 
 
 def test_write_back_writes_skips_conflicts_and_reports_207_errors(sandbox: SandboxServer) -> None:
@@ -388,7 +350,7 @@ def test_custom_properties_come_from_the_settings_mapping(sandbox: SandboxServer
     monkeypatch.setenv("TERRITORY_HUBSPOT__ACCESS_TOKEN", sandbox.access_token)
     monkeypatch.setenv("TERRITORY_HUBSPOT__BASE_URL", sandbox.url)
     sandbox.state.modify("companies", str(COMPANY_ID_BASE + 2), {"arr_usd__c": "1234.5", "segment": "growth"})
-    connector = HubSpotConnector.from_settings(load_settings(config))
+    connector = HubSpotConnector.from_settings(load_settings(config).hubspot)
     rows = {r["id"]: r for r in records(read_all(connector, CrmObject.accounts))}
     got = rows[str(COMPANY_ID_BASE + 2)]
     assert got["arr"] == "1234.5"
@@ -524,28 +486,11 @@ def test_vendor_errors_map_onto_what_the_caller_does(
     assert map_error(plain, "x") is plain
 
 
-def test_stops_cleanly_once_the_daily_quota_share_is_used() -> None:
-    faults = HubSpotFaults(daily_limit=40)
-    with start_hubspot_sandbox(ORG, now=NOW, faults=faults) as sandbox:
-        connector = connector_for(sandbox, search_page_size=20, quota_share=0.5)
-        connector.companies.batch_rows = 20
-        batches: list[Batch] = []
-
-        def read() -> None:
-            batches.extend(connector.read(CrmObject.accounts, None, full=True))
-
-        with pytest.raises(QuotaExhausted, match=r"21 of 40 calls, past hubspot.quota_share=0.5"):
-            read()
-        assert sandbox.state.requests == 21  # the call after the one that passed the share was never sent
-        rows = records(batches)
-        assert 0 < len(rows) < len(ORG.accounts)
-        assert batches[-1].cursor is not None  # what was read keeps its cursor: the next run resumes
-
-
 def test_the_daily_limit_429_stops_without_retrying() -> None:
     with start_hubspot_sandbox(ORG, now=NOW, faults=HubSpotFaults(daily_limit=3)) as sandbox:
         connector = connector_for(sandbox, quota_share=1.0)
         assert len(records(read_all(connector, CrmObject.owners))) == len(ORG.owners)  # 2 requests
+        sandbox.state.requests += 1  # another app spends the last call: the guard could not know
         with pytest.raises(QuotaExhausted, match="daily limit"):
             read_all(connector, CrmObject.accounts)
         assert sandbox.counters.faults == {429: 1}
