@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 from pathlib import Path
 
 import pytest
@@ -66,23 +65,4 @@ def test_salesforce_field_defaults_are_the_settings_models() -> None:
     assert {obj.value: dict(fields) for obj, fields in DEFAULT_FIELDS.items()} == declared
     assert build_mappings(declared) == build_mappings()
 
-
-def _imports(path: Path) -> set[str]:
-    tree = ast.parse(path.read_text(encoding="utf-8"))
-    names: set[str] = set()
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            names |= {alias.name for alias in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module)
-    return names
-
-
-@pytest.mark.parametrize("package", ["connectors", "monitor", "store"])
-def test_lower_layers_never_import_the_service(package: str) -> None:
-    offenders = sorted(
-        str(path.relative_to(ROOT))
-        for path in (ROOT / package).rglob("*.py")
-        if any(name == "service" or name.startswith("service.") for name in _imports(path))
-    )
-    assert offenders == []
+# The import direction (no lower layer imports the service) is tests/unit/test_layers.py's.
