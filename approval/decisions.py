@@ -102,3 +102,17 @@ def cancel(engine: Engine, proposal_id: int, *, actor: str, now: dt.datetime) ->
         return show_proposal(engine, proposal_id)
     except props.ProposalError as exc:
         raise _refused(exc) from None
+
+
+def revert(
+    engine: Engine, proposal_id: int, *, actor: str, now: dt.datetime, expires_in: dt.timedelta
+) -> dict[str, Any]:
+    """``proposals revert ID``: a new proposal moving the written accounts back, to approve as any."""
+    try:
+        with engine.begin() as conn:
+            revert_id, _ = props.create_revert(
+                conn, proposal_id, actor=actor, now=now, expires_at=now + expires_in
+            )
+        return show_proposal(engine, revert_id)
+    except props.ProposalError as exc:
+        raise _refused(exc) from None

@@ -9,8 +9,8 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import logging
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Engine
 
@@ -25,6 +25,11 @@ from service.scheduler import (
 )
 from service.settings import Settings
 
+if TYPE_CHECKING:
+    from approval.writeback import ApplyReport
+    from connectors.base import Connector
+    from connectors.sync import SyncSummary
+
 log = logging.getLogger(__name__)
 
 
@@ -32,33 +37,57 @@ class SyncFailedError(RuntimeError):
     """A scheduled sync ended failed or stopped (the job run records it as failed)."""
 
 
+class WritebackUnconfiguredError(RuntimeError):
+    """Write-back was asked for but no CRM is configured to write to."""
+
+
+def sync_once(
+    engine: Engine,
+    settings: Settings,
+    connector: Connector,
+    *,
+    now: dt.datetime,
+    objects: Sequence[CrmObject] = tuple(CrmObject),
+    full: bool = False,
+    allow_mass_delete: bool = False,
+    progress: Callable[[CrmObject, int], None] | None = None,
+) -> SyncSummary:
+    """One sync of ``objects`` from ``connector`` with the settings' lookback, roster and delete guard.
+
+    What ``territory sync``, the scheduled sync and ``territory apply``'s re-sync share.
+    """
+    from connectors.roster import load_roster
+    from connectors.sync import run_sync
+
+    roster = load_roster(settings.sync.roster) if settings.sync.roster is not None else None
+    return run_sync(
+        engine,
+        connector,
+        objects=objects,
+        full=full,
+        progress=progress,
+        now=now,
+        lookback=dt.timedelta(seconds=settings.sync.lookback_seconds),
+        roster=roster,
+        delete_guard=settings.sync.delete_guard(allow_mass_delete),
+    )
+
+
 def sync_job(
     engine: Engine, settings: Settings, ctx: JobContext, objects: Sequence[CrmObject] = tuple(CrmObject)
 ) -> dict[str, Any]:
     """Incremental sync of ``objects`` from the configured source; a change triggers a snapshot."""
     from connectors.registry import build_connector
-    from connectors.roster import load_roster
-    from connectors.sync import run_sync
 
     source = settings.scheduler.sync_source
     if source is None:
         raise SyncFailedError("scheduler.sync_source is not set")
-    connector = build_connector(source, settings, settings.scheduler.sync_path)
-    roster = load_roster(settings.sync.roster) if settings.sync.roster is not None else None
 
     def progress(obj: CrmObject, rows: int) -> None:
         ctx.check_stop()  # shutdown: hand back at a batch boundary; the next run resumes from there
 
-    summary = run_sync(
-        engine,
-        connector,
-        objects=objects,
-        progress=progress,
-        now=ctx.now,
-        lookback=dt.timedelta(seconds=settings.sync.lookback_seconds),
-        roster=roster,
-        delete_guard=settings.sync.delete_guard(),
-    )
+    connector = build_connector(source, settings, settings.scheduler.sync_path)
+    summary = sync_once(engine, settings, connector, now=ctx.now, objects=objects, progress=progress)
     details = summary.as_dict()
     changed = summary.total("rows_upserted") + summary.total("rows_deleted")
     details["changed"] = changed
@@ -86,6 +115,54 @@ def webhook_sync_job(engine: Engine, settings: Settings, ctx: JobContext) -> dic
         log.info("draining webhook sync requests", extra={**extra, "objects": [o.value for o in objects]})
         details = sync_job(engine, settings, ctx, objects)  # raises: the requests stay queued
         return {"requests": len(claimed.ids), **details}
+
+
+def crm_of(settings: Settings) -> Connector:
+    """The connector of ``scheduler.sync_source``: the CRM that is synced is the one written back to."""
+    from connectors.registry import build_connector
+
+    source = settings.scheduler.sync_source
+    if source is None:
+        raise WritebackUnconfiguredError(
+            "scheduler.sync_source is not set: there is no CRM to write approved moves to"
+        )
+    return build_connector(source, settings, settings.scheduler.sync_path)
+
+
+def write_back(
+    engine: Engine,
+    settings: Settings,
+    crm: Connector,
+    *,
+    now: dt.datetime,
+    worker: str,
+    proposal_id: int | None = None,
+) -> list[ApplyReport]:
+    """The due write-back of approved proposals to ``crm``, as the ``writeback`` settings say."""
+    from approval.writeback import run_due
+
+    w = settings.writeback
+    return run_due(
+        engine,
+        crm,
+        now=now,
+        worker=worker,
+        proposal_id=proposal_id,
+        chunk=w.chunk_size,
+        max_attempts=w.max_attempts,
+        opportunities_follow=w.opportunities == "follow",
+    )
+
+
+def writeback_job(engine: Engine, settings: Settings, ctx: JobContext) -> dict[str, Any]:
+    """Write what is due; moves written trigger an incremental sync, which triggers a snapshot."""
+    reports = write_back(engine, settings, crm_of(settings), now=ctx.now, worker=ctx.holder)
+    written = sum(r.written for r in reports)
+    details: dict[str, Any] = {"proposals": [r.as_json() for r in reports], "written": written}
+    log.info("write-back job done", extra={"job": ctx.job, "job_run_id": ctx.run_id, "written": written})
+    if written:
+        details["sync_triggered"] = ctx.trigger("sync", 0)
+    return details
 
 
 def snapshot_job(engine: Engine, settings: Settings, ctx: JobContext, *, kind: str) -> dict[str, Any]:
@@ -118,6 +195,14 @@ def register_jobs(scheduler: Scheduler, settings: Settings, engine: Engine) -> d
         has_work=p(_pending, engine),
         serial="sync",
     )
+    sched(
+        "writeback",
+        p(writeback_job, engine, settings),
+        every(settings.writeback.poll_seconds / 60),
+        enabled=s.sync_source is not None and settings.writeback.enabled,
+        has_work=p(_due_writeback, engine),
+        serial="sync",
+    )
     sched("health_snapshot", p(snapshot_job, engine, settings, kind="event"), None)
     sched(
         "monthly_snapshot",
@@ -130,6 +215,13 @@ def register_jobs(scheduler: Scheduler, settings: Settings, engine: Engine) -> d
     if syncs:
         intervals["sync"] = s.sync_interval_minutes * 60
     return intervals
+
+
+def _due_writeback(engine: Engine) -> bool:
+    from store.outbox import WRITEBACK, due_count
+
+    with engine.connect() as conn:
+        return due_count(conn, kind=WRITEBACK, now=dt.datetime.now(dt.UTC)) > 0
 
 
 def _pending(engine: Engine) -> bool:

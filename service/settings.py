@@ -115,6 +115,22 @@ class SchedulerSettings(Section):
     )
 
 
+class WritebackSettings(Section):
+    """How approved moves are written to the CRM the scheduler syncs from (docs/approval.md)."""
+
+    enabled: bool = Field(True, description="false: the daemon writes nothing; `territory apply` still can")
+    opportunities: Literal["follow", "stay"] = Field(
+        "follow", description="the old owner's open opportunities of a moved account follow it, or stay"
+    )
+    chunk_size: int = Field(200, ge=1, le=2000, description="moves per transaction and CRM round")
+    max_attempts: int = Field(
+        8, ge=1, le=100, description="claims of a proposal's job before moves still pending are failed"
+    )
+    poll_seconds: float = Field(
+        60, gt=0, description="how often the leader looks for due write-back (after approvals, wave dates)"
+    )
+
+
 class WebhookSettings(Section):
     """Inbound CRM webhooks; the HubSpot client secret comes from the environment only."""
 
@@ -255,6 +271,7 @@ class Settings(BaseSettings):
     rules: RulesSettings = Field(default_factory=RulesSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    writeback: WritebackSettings = Field(default_factory=WritebackSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
 
     @field_validator("*", mode="before")

@@ -6,7 +6,7 @@ import datetime as dt
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import Connection, select, update
+from sqlalchemy import Connection, func, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from store.errors import StoreError
@@ -84,6 +84,15 @@ def claim(
         .returning(_O.c.id, _O.c.kind, _O.c.idempotency_key, _O.c.payload, _O.c.attempts)
     ).all()
     return sorted((Job(r[0], r[1], r[2], r[3], r[4]) for r in rows), key=lambda j: j.id)
+
+
+def due_count(conn: Connection, *, kind: str, now: dt.datetime) -> int:
+    """How many jobs of ``kind`` are due (the scheduler's cheap check before it runs a worker)."""
+    return int(
+        conn.execute(
+            select(func.count()).where(_O.c.kind == kind, _O.c.done_at.is_(None), _O.c.available_at <= now)
+        ).scalar_one()
+    )
 
 
 def complete(conn: Connection, job_id: int, *, now: dt.datetime) -> None:

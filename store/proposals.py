@@ -30,6 +30,7 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 """The state machine of docs/approval.md: the states each state may move to."""
 
 DEFAULT_COOLDOWN = dt.timedelta(days=90)
+DEFAULT_EXPIRY = dt.timedelta(days=14)  # an undecided proposal expires this long after it is made
 
 
 class ProposalError(StoreError):

@@ -18,7 +18,7 @@ from service.cli.options import FormatOption, OutputFormat, emit_json, settings_
 from service.runtime import open_database
 
 proposals_app = typer.Typer(
-    help="Stored rebalancing proposals: list, show, approve, reject, cancel.", no_args_is_help=True
+    help="Stored rebalancing proposals: list, show, approve, reject, cancel, revert.", no_args_is_help=True
 )
 
 IdArgument = Annotated[int, typer.Argument(help="the proposal's id", show_default=False)]
@@ -134,4 +134,24 @@ def cancel_command(
         ctx,
         output,
         lambda engine: decisions.cancel(engine, proposal_id, actor=actor or getpass.getuser(), now=_now()),
+    )
+
+
+@proposals_app.command("revert")
+def revert_command(
+    ctx: typer.Context,
+    proposal_id: IdArgument,
+    actor: ActorOption = None,
+    output: FormatOption = OutputFormat.table,
+) -> None:
+    """Propose moving the written accounts of an applied proposal back (approve it like any other)."""
+    from approval import decisions
+    from store.proposals import DEFAULT_EXPIRY
+
+    _run(
+        ctx,
+        output,
+        lambda engine: decisions.revert(
+            engine, proposal_id, actor=actor or getpass.getuser(), now=_now(), expires_in=DEFAULT_EXPIRY
+        ),
     )

@@ -241,3 +241,21 @@ def print_proposal(p: dict[str, Any]) -> None:
             m["rationale"],
         )
     out.print(table)
+
+
+def print_apply(result: dict[str, Any], sync_line: str | None) -> None:
+    """``territory apply``: one row per proposal worked, then the re-sync's line."""
+    out = Console()
+    if not result["proposals"]:
+        out.print("nothing due: no approved proposal has moves to write now")
+        return
+    table = Table("proposal", "state", "written", "conflicts", "failed", "pending", "next wave", "error",
+                  title="Write-back")  # fmt: skip
+    for p in result["proposals"]:
+        table.add_row(
+            str(p["proposal_id"]), p["state"], str(p["written"]), str(p["conflicts"]), str(p["failed"]),
+            str(p["pending"]), p["next_due"] or "", "; ".join(p["errors"]),
+        )  # fmt: skip
+    out.print(table)
+    if sync_line is not None:
+        out.print(f"re-synced the CRM: {sync_line}")

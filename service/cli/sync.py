@@ -50,28 +50,23 @@ def sync(
     """
     from connectors.errors import ConnectorConfigError
     from connectors.registry import build_connector
-    from connectors.roster import load_roster
-    from connectors.sync import SyncBusyError, run_sync
+    from connectors.sync import SyncBusyError
+    from service.jobs import sync_once
 
     settings = settings_of(ctx)
     try:
         connector = build_connector(source.value, settings, path)
-        roster = load_roster(settings.sync.roster) if settings.sync.roster is not None else None
     except ConnectorConfigError as exc:
         raise ConfigError(str(exc)) from None
     bar, progress = render.sync_progress(Console(stderr=True))
     with open_database(settings) as engine, bar:
         try:
-            summary = run_sync(
-                engine,
-                connector,
-                full=full,
-                progress=progress,
-                now=dt.datetime.now(dt.UTC),
-                lookback=dt.timedelta(seconds=settings.sync.lookback_seconds),
-                roster=roster,
-                delete_guard=settings.sync.delete_guard(allow_mass_delete),
-            )
+            summary = sync_once(
+                engine, settings, connector, now=dt.datetime.now(dt.UTC), full=full,
+                allow_mass_delete=allow_mass_delete, progress=progress,
+            )  # fmt: skip
+        except ConnectorConfigError as exc:
+            raise ConfigError(str(exc)) from None
         except SyncBusyError as exc:
             typer.echo(f"territory: {exc}", err=True)
             raise typer.Exit(1) from None

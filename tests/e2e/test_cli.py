@@ -37,6 +37,8 @@ COMMANDS = [
     ["proposals", "approve"],
     ["proposals", "reject"],
     ["proposals", "cancel"],
+    ["proposals", "revert"],
+    ["apply"],
 ]
 
 
@@ -49,7 +51,7 @@ def test_help_lists_the_commands() -> None:
     rows = (re.match(r"│ ([a-z]+)  +\S", line) for line in result.stdout.splitlines())
     listed = [m.group(1) for m in rows if m is not None]
     assert listed == [
-        "migrate", "demo", "health", "sync", "serve", "report", "sandbox", "config", "proposals"
+        "migrate", "demo", "health", "sync", "serve", "report", "apply", "sandbox", "config", "proposals"
     ]  # fmt: skip
 
 

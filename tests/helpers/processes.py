@@ -74,7 +74,7 @@ def require_tool(name: str) -> str:
     """The tool's path; a skip with the reason outside CI, a failure in CI (where it must be installed)."""
     path = shutil.which(name)
     if path is None:
-        reason = f"{name} is not installed (Debian: apt-get install prometheus; CI runs .ci/install-tools)"
+        reason = f"{name} is not installed (.ci/install-tools installs it; CI runs it)"
         if os.environ.get("CI", "").lower() == "true":
             pytest.fail(reason)
         pytest.skip(reason)

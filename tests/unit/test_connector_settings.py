@@ -65,4 +65,5 @@ def test_salesforce_field_defaults_are_the_settings_models() -> None:
     assert {obj.value: dict(fields) for obj, fields in DEFAULT_FIELDS.items()} == declared
     assert build_mappings(declared) == build_mappings()
 
+
 # The import direction (no lower layer imports the service) is tests/unit/test_layers.py's.
