@@ -3,13 +3,14 @@
 A batch goes in as the connector's records (strings from CSV, JSON values from APIs); out come the
 clean rows as COPY-ready text (``None`` is NULL) and the rejected rows, each with one reason. The
 checks mirror the store's NOT NULL and CHECK constraints so that a bad row is caught here, not by a
-failed INSERT; the references (unknown owner, unknown account) are checked in SQL by the engine.
+failed INSERT. The references (unknown owner, unknown account) are checked by
+:func:`drop_unknown_references` against the ids the store holds, however those are looked up.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, overload
 
@@ -17,8 +18,8 @@ import numpy as np
 import pandas as pd
 
 from connectors.base import CANONICAL_COLUMNS, CrmObject
+from store.models import TIERS
 
-TIERS: Final = ("strategic", "growth", "core")
 MONEY_LIMIT: Final = 1e16  # numeric(18, 2) holds less than 10**16
 INT_LIMIT: Final = 2**31
 
@@ -249,3 +250,60 @@ def check_records(
         good = good.drop(columns="_order")
     deduped = good.drop_duplicates("id", keep="last").sort_values(POSITION)
     return Checked(deduped.reset_index(drop=True), rejected, len(good) - len(deduped))
+
+
+KnownIds = Callable[[str, Sequence[str]], Collection[str]]
+"""Given a table and ids, those of them the store holds (live or not): a look-up in the database, or
+the ids a first load read into memory."""
+
+Rejection = tuple[Any, str, int]
+"""(record id, reason, position in the batch)."""
+
+
+def drop_unknown_references(
+    obj: CrmObject, clean: pd.DataFrame, known: KnownIds
+) -> tuple[pd.DataFrame, list[Rejection]]:
+    """``clean`` without the rows that name an owner (accounts, opportunities) or an account
+    (opportunities) the store does not hold, and those rows as rejections in batch order. An owner is
+    checked first: a row naming both an unknown owner and an unknown account is rejected for its owner.
+    """
+    if obj is CrmObject.owners or clean.empty:
+        return clean, []
+    rids, positions = clean["id"].to_numpy(dtype=object), clean[POSITION].to_numpy(dtype=np.int64)
+    bad = np.zeros(len(clean), dtype=bool)
+    rejected: list[Rejection] = []
+    checks = [("owners", "owner_id", "owner")]
+    if obj is CrmObject.opportunities:
+        checks.append(("accounts", "account_id", "account"))
+    for table, col, what in checks:
+        values = clean[col].to_numpy(dtype=object)
+        present = ~pd.isna(values) & ~bad
+        wanted = pd.unique(values[present]).tolist()
+        have = known(table, wanted) if wanted else ()
+        unknown = present & ~pd.Series(values).isin(have).to_numpy(dtype=bool)
+        rejected += [
+            (rids[i], f"unknown {what}: {values[i]}", int(positions[i])) for i in np.flatnonzero(unknown)
+        ]
+        bad |= unknown
+    rejected.sort(key=lambda r: r[2])
+    return clean[~bad], rejected
+
+
+def check_history(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
+    """Assignment rows (text columns ``account_id, owner_id, start_date, end_date``) checked: the rows
+    as COPY-ready dates (``start_date``, ``end_date``; None = current) and each row's reason to be
+    rejected, None for a good one. The references are the store's to check."""
+    start = pd.to_datetime(frame["start_date"], format="%Y-%m-%d", errors="coerce")
+    end_blank = frame["end_date"].isna() | (frame["end_date"].astype(str).str.strip() == "")
+    end = pd.to_datetime(frame["end_date"].where(~end_blank), format="%Y-%m-%d", errors="coerce")
+    reasons = pd.Series(None, index=frame.index, dtype=object)
+    reasons[(frame["account_id"].fillna("") == "")] = "missing account_id"
+    reasons[reasons.isna() & (frame["owner_id"].fillna("") == "")] = "missing owner_id"
+    reasons[reasons.isna() & start.isna()] = "unparseable start_date"
+    reasons[reasons.isna() & ~end_blank & end.isna()] = "unparseable end_date"
+    reasons[reasons.isna() & end.notna() & (end < start)] = "end_date before start_date"
+    dates = pd.DataFrame(
+        {"start_date": start.dt.strftime("%Y-%m-%d"), "end_date": end.dt.strftime("%Y-%m-%d")},
+        index=frame.index,
+    )
+    return dates, reasons
