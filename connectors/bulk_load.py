@@ -200,10 +200,11 @@ def _store_bulk_batch(conn: Connection, state: BatchState, bulk: _BulkLoad, batc
 def _split_direct(state: BatchState, bulk: _BulkLoad, clean: pd.DataFrame) -> _Direct:
     """Split off the ids new to the load. The rest are ids the load already holds: a record modified
     while the CRM was paged through, a CSV that lists an id twice."""
-    new = np.fromiter((i not in bulk.loaded for i in clean["id"]), bool, len(clean))
+    ids = clean["id"].to_numpy(dtype=object)
+    new = np.fromiter((i not in bulk.loaded for i in ids), bool, len(ids))
     fresh = clean[new]
     return _Direct(
-        ids=fresh["id"].tolist(),
+        ids=ids[new].tolist(),
         rows=csv_bytes(fresh[list(CANONICAL_COLUMNS[state.obj])]),
         repeated=clean[~new],
     )

@@ -33,6 +33,7 @@ from connectors.bulk_load import read_into_empty
 from connectors.errors import ConnectorError, QuotaExhausted
 from connectors.records import check_history
 from store import history, quarantine, sync_runs, synced
+from store.bulk import csv_bytes
 from store.history import HISTORY_COLUMNS
 from store.sync_runs import relaxed_commit
 
@@ -408,4 +409,4 @@ def _checked_history(
             }
         )
         offset += len(frame)
-        yield out.to_csv(header=False, index=False).encode()
+        yield csv_bytes(out)

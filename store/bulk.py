@@ -1,14 +1,16 @@
-"""Bulk loading through COPY: the fast path for whole tables and sync batches."""
+"""Bulk loading through COPY: the fast path for whole tables and sync batches, the COPY text of a frame,
+and the first load's stripping and rebuilding of keys and indexes."""
 
 from __future__ import annotations
 
 import io
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Final
 
-import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
 from sqlalchemy import Connection, Select, text
 
 COPY_CHUNK_ROWS = 100_000
@@ -64,31 +66,16 @@ def copy_frame(conn: Connection, table: str, frame: pd.DataFrame) -> int:
 
 
 def csv_bytes(frame: pd.DataFrame) -> bytes:
-    """Headerless CSV for COPY of a frame of text (None = NULL, never an empty string).
-
-    A column is quoted only when one of its values holds a comma, quote or line break (checked once
-    over the joined column, at C speed); then rows are joined with ``str.join``. About three times
-    faster than ``DataFrame.to_csv`` on object columns.
-    """
+    """Headerless CSV for COPY of a frame of text (missing = NULL, never an empty string) and integers,
+    written by Arrow's CSV writer (quoted where needed)."""
     if frame.empty:
         return b""
-    cells: list[list[str]] = []
-    for column in frame.columns:
-        arr = frame[column].to_numpy(dtype=object)
-        present = ~pd.isna(arr)
-        values = _to_text(arr[present]) if present.any() else np.array([], dtype=object)
-        joined = "".join(values.tolist())
-        if any(c in joined for c in ',"\n\r'):
-            values = '"' + _escape(values) + '"'
-        cell = np.full(len(arr), "", dtype=object)
-        cell[present] = values
-        cells.append(cell.tolist())
-    return ("\n".join(map(",".join, zip(*cells, strict=True))) + "\n").encode()
+    buf = io.BytesIO()
+    pacsv.write_csv(pa.Table.from_pandas(frame, preserve_index=False), buf, write_options=_NO_HEADER)
+    return buf.getvalue()
 
 
-_to_text = np.frompyfunc(str, 1, 1)
-
-_escape = np.frompyfunc(lambda v: v.replace('"', '""'), 1, 1)
+_NO_HEADER: Final = pacsv.WriteOptions(include_header=False, quoting_style="needed")
 
 
 # --- the first load: keys and indexes off while the rows go in, rebuilt once --------------------------

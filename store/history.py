@@ -30,7 +30,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from store.bulk import copy_csv, copy_out
+from store.bulk import copy_csv, copy_out, restore_keys, strip_keys
 from store.models import Account, Assignment
 
 _A = Account.__table__
@@ -223,6 +223,10 @@ def take_bad_history(conn: Connection) -> list[tuple[str, str, dt.date, dt.date 
     return [tuple(r) for r in rows]
 
 
+def _is_empty(conn: Connection) -> bool:
+    return bool(conn.execute(select(~exists().select_from(_H))).scalar_one())
+
+
 def seed_staged(conn: Connection) -> int:
     """Insert the staged history of the accounts that have none yet; returns the rows inserted."""
     known = select(_H.c.account_id).distinct().subquery("h")
@@ -232,9 +236,13 @@ def seed_staged(conn: Connection) -> int:
         .where(known.c.account_id.is_(None))
     )
     cols = ["account_id", "owner_id", "start_date", "end_date", "source"]
+    # Into an empty history (a first import) the rows go in without keys and indexes, rebuilt once.
+    stripped = strip_keys(conn, ["assignment_history"]) if _is_empty(conn) else None
     seeded = int(
         conn.execute(pg_insert(Assignment).from_select(cols, rows), execution_options=_COUNTED).rowcount
     )
+    if stripped is not None:
+        restore_keys(conn, stripped)
     if seeded:  # a first import just filled the table: plan the next statements on real statistics
         conn.execute(text("ANALYZE assignment_history"))
     return seeded
