@@ -71,7 +71,8 @@ def csv_bytes(frame: pd.DataFrame) -> bytes:
     if frame.empty:
         return b""
     buf = io.BytesIO()
-    pacsv.write_csv(pa.Table.from_pandas(frame, preserve_index=False), buf, write_options=_NO_HEADER)
+    table = pa.table({str(c): pa.array(frame[c].array, from_pandas=True) for c in frame.columns})
+    pacsv.write_csv(table, buf, write_options=_NO_HEADER)
     return buf.getvalue()
 
 
