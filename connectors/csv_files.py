@@ -21,7 +21,7 @@ import pyarrow.csv as pacsv
 
 from connectors.base import Batch, CrmObject, Cursor, OwnerChange, WriteOutcome, WriteResult
 from connectors.errors import ConnectorConfigError
-from connectors.records import INVALID_ROW, FrameRecords, as_arrow, parse_timestamps
+from connectors.records import INVALID_ROW, FrameRecords, as_arrow, parse_timestamps, strip_text
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +200,7 @@ class CsvConnector:
     def snapshot_ids(self, obj: CrmObject) -> Iterator[Sequence[str]]:
         """Every non-empty id in ``obj``'s file: whatever a stored row's id is not among was deleted."""
         for chunk in self._chunks(FILE_OF[obj], usecols=["id"]):
-            ids = chunk["id"].str.strip()
+            ids = strip_text(chunk["id"])
             yield ids[ids != ""].tolist()
 
     def history(self) -> Iterator[pd.DataFrame]:
@@ -209,7 +209,7 @@ class CsvConnector:
         if not (self.folder / name).is_file():
             return
         for chunk in self._chunks(name):
-            yield chunk.apply(lambda col: col.str.strip())[list(FILES[name])]
+            yield chunk[list(FILES[name])].apply(strip_text)
 
     def apply_owner_changes(self, changes: Sequence[OwnerChange]) -> list[WriteResult]:
         """A CSV export cannot be written to: every change fails, saying so."""

@@ -92,6 +92,11 @@ def as_arrow(values: pd.Series) -> pa.Array:
     return pa.array(obj, type=pa.string())
 
 
+def strip_text(values: pd.Series) -> pd.Series:
+    """Text stripped as ``str.strip`` strips it (missing stays missing), as Arrow-backed text."""
+    return pd.Series(pc.utf8_trim(as_arrow(values), characters=WHITESPACE), index=values.index, dtype=_TEXT)
+
+
 def _text(values: pd.Series) -> pa.Array:
     """Values as stripped strings; missing and blank are null."""
     trimmed = pc.utf8_trim(as_arrow(values), characters=WHITESPACE)
@@ -416,19 +421,29 @@ def drop_unknown_references(
 
 def check_history(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.Series]:
     """Assignment rows (text columns ``account_id, owner_id, start_date, end_date``) checked: the rows
-    as COPY-ready dates (``start_date``, ``end_date``; None = current) and each row's reason to be
+    as COPY-ready dates (``start_date``, ``end_date``; missing = current) and each row's reason to be
     rejected, None for a good one. The references are the store's to check."""
-    start = pd.to_datetime(frame["start_date"], format="%Y-%m-%d", errors="coerce")
-    end_blank = frame["end_date"].isna() | (frame["end_date"].astype(str).str.strip() == "")
-    end = pd.to_datetime(frame["end_date"].where(~end_blank), format="%Y-%m-%d", errors="coerce")
-    reasons = pd.Series(None, index=frame.index, dtype=object)
-    reasons[(frame["account_id"].fillna("") == "")] = "missing account_id"
-    reasons[reasons.isna() & (frame["owner_id"].fillna("") == "")] = "missing owner_id"
-    reasons[reasons.isna() & start.isna()] = "unparseable start_date"
-    reasons[reasons.isna() & ~end_blank & end.isna()] = "unparseable end_date"
-    reasons[reasons.isna() & end.notna() & (end < start)] = "end_date before start_date"
+    start = parse_dates(_text(frame["start_date"]))
+    end_text = _text(frame["end_date"])
+    end_blank = ~_mask(pc.is_valid(end_text))
+    end = parse_dates(end_text)
+    reasons = np.full(len(frame), None, dtype=object)
+
+    def fail(mask: np.ndarray, why: str) -> None:
+        reasons[mask & pd.isna(reasons)] = why
+
+    fail(~_mask(pc.is_valid(_text(frame["account_id"]))), "missing account_id")
+    fail(~_mask(pc.is_valid(_text(frame["owner_id"]))), "missing owner_id")
+    fail(np.isnat(start), "unparseable start_date")
+    fail(~end_blank & np.isnat(end), "unparseable end_date")
+    fail(~np.isnat(end) & ~np.isnat(start) & (end < start), "end_date before start_date")
     dates = pd.DataFrame(
-        {"start_date": start.dt.strftime("%Y-%m-%d"), "end_date": end.dt.strftime("%Y-%m-%d")},
-        index=frame.index,
+        {"start_date": _day_text(start, frame.index), "end_date": _day_text(end, frame.index)}
     )
-    return dates, reasons
+    return dates, pd.Series(reasons, index=frame.index, dtype=object)
+
+
+def _day_text(days: np.ndarray, index: pd.Index) -> pd.Series:
+    """``datetime64`` days as ``YYYY-MM-DD`` text (NaT is missing)."""
+    arrow = pa.array(days.astype("datetime64[D]"), type=pa.date32(), from_pandas=True)
+    return pd.Series(pc.cast(arrow, pa.string()), index=index, dtype=_TEXT)
