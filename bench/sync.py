@@ -1,21 +1,28 @@
-"""Sync benchmark: a full sync, incremental syncs of changed rows, and a raw COPY of the same rows.
+"""Sync benchmark: a full sync, incremental syncs of changed rows, a CSV full import, and raw COPYs.
 
-Usage: python -m bench.sync [--accounts 200000] [--reps 400] [--database-url URL]
+Usage: python -m bench.sync [--accounts 200000] [--reps 400] [--database-url URL] [--no-csv]
 
-The source is the sandbox Salesforce, served by a child process (so that the peak RSS printed is the
+Salesforce path: the sandbox Salesforce, served by a child process (so that the peak RSS printed is the
 sync's own) and read through the real simple-salesforce client: the full sync through Bulk API 2.0,
 the incremental ones through REST ``queryAll``, after the child changed records through the sandbox's
 state as a user would (their ``SystemModstamp`` moves to now). Then the synced rows are exported and
 COPYed into bare tables (no key, index or constraint) three times; the median of those is the raw COPY
-rate. The full sync and each raw COPY start once autovacuum is idle, after a CHECKPOINT. Runs on a
-fresh, dropped-afterwards database on the server of --database-url (default: the local PostgreSQL at
-127.0.0.1:5432). Prints each phase's seconds and rows/s, the database phase against the raw COPY rate
-of the same run, and the peak RSS.
+rate.
+
+CSV path: the child also writes the same org as a CSV export (docs/csv-format.md); ``territory sync
+--source csv --full`` is timed end to end into a second fresh database, then the export's accounts.csv
+and opportunities.csv themselves are COPYed into bare tables three times (the raw COPY rate of the
+same data), and the import's rate of accounts + opportunities is set against it.
+
+Every timed phase starts once autovacuum is idle, after a CHECKPOINT. Runs on fresh, dropped-afterwards
+databases on the server of --database-url (default: the local PostgreSQL at 127.0.0.1:5432). Prints
+each phase's seconds and rows/s, the ratios to the raw COPY rates of the same run, and the peak RSS.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import datetime as dt
 import multiprocessing as mp
 import os
@@ -29,8 +36,10 @@ from pathlib import Path
 
 import numpy as np
 from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import URL
 
 from connectors.base import CANONICAL_COLUMNS, CrmObject
+from connectors.csv_files import CsvConnector
 from connectors.salesforce import SalesforceConnector
 from connectors.salesforce.auth import AuthMethod, Credentials
 from connectors.salesforce.client import SalesforceClient, make_session
@@ -46,12 +55,14 @@ LOCAL = "postgresql://postgres@127.0.0.1:5432/postgres"
 RAW_COPIES = 3  # a 3-second COPY is at the mercy of a checkpoint or autovacuum: its median is steadier
 
 
-def _serve(pipe: Pipe, accounts: int, reps: int, seed: int, cert_dir: str) -> None:
-    """The child: generate the org, serve it, and change records when the parent asks."""
-    from connectors.sandbox.generator import DEFAULT_NOW, generate_org
+def _serve(pipe: Pipe, accounts: int, reps: int, seed: int, cert_dir: str, csv_dir: str | None) -> None:
+    """The child: generate the org, write its CSV export, serve it, and change records when asked."""
+    from connectors.sandbox.generator import DEFAULT_NOW, generate_org, write_csv
     from connectors.sandbox.salesforce import start_salesforce_sandbox
 
     org = generate_org(accounts=accounts, reps=reps, seed=seed, now=DEFAULT_NOW)
+    if csv_dir is not None:
+        write_csv(org, Path(csv_dir))
     counts = {
         "owners": len(org.owners),
         "accounts": len(org.accounts),
@@ -141,8 +152,24 @@ def _settle(engine: Engine) -> None:
         conn.execute(text("CHECKPOINT"))
 
 
-def _raw_copy(engine: Engine, folder: Path, attempt: int) -> tuple[int, float]:
-    """Time a COPY of the exported rows into new bare tables (no key, index or constraint)."""
+def _csv_header(path: Path) -> list[str]:
+    with path.open(encoding="utf-8-sig") as fh:
+        return next(csv.reader(fh))
+
+
+def _without_header(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as fh:
+        fh.readline()
+        while block := fh.read(1 << 20):
+            yield block
+
+
+def _raw_copy(engine: Engine, folder: Path, attempt: int, *, export: bool = False) -> tuple[int, float]:
+    """Time a COPY of the exported rows into new bare tables (no key, index or constraint).
+
+    ``export``: the files are a CSV export (a header row naming the columns), else headerless files of
+    the canonical columns.
+    """
     with engine.begin() as conn:
         for table in ("accounts", "opportunities"):
             conn.execute(text(f"CREATE TABLE bare_{table}_{attempt} (LIKE {table} INCLUDING DEFAULTS)"))
@@ -150,12 +177,13 @@ def _raw_copy(engine: Engine, folder: Path, attempt: int) -> tuple[int, float]:
     started = time.perf_counter()
     with engine.begin() as conn:
         for table in ("accounts", "opportunities"):
-            copy_csv(
-                conn,
-                f"bare_{table}_{attempt}",
-                CANONICAL_COLUMNS[CrmObject(table)],
-                _file_chunks(folder / f"{table}.csv"),
-            )
+            path = folder / f"{table}.csv"
+            if export:
+                copy_csv(conn, f"bare_{table}_{attempt}", _csv_header(path), _without_header(path))
+            else:
+                copy_csv(
+                    conn, f"bare_{table}_{attempt}", CANONICAL_COLUMNS[CrmObject(table)], _file_chunks(path)
+                )
     seconds = time.perf_counter() - started
     with engine.connect() as conn:
         copied = int(
@@ -169,6 +197,87 @@ def _raw_copy(engine: Engine, folder: Path, attempt: int) -> tuple[int, float]:
     return copied, seconds
 
 
+def _median_raw(engine: Engine, folder: Path, *, export: bool, label: str) -> float:
+    """The raw COPY rate of ``folder``'s accounts and opportunities: the median of ``RAW_COPIES``."""
+    raw = [_raw_copy(engine, folder, attempt, export=export) for attempt in range(RAW_COPIES)]
+    for copied, seconds in raw:
+        print(f"{label:<34} {seconds:8.2f} s  {copied / seconds:>10,.0f} rows/s")
+    copied, raw_seconds = sorted(raw, key=lambda r: r[1])[RAW_COPIES // 2]
+    raw_rate = copied / raw_seconds
+    print(f"raw COPY, the median of {RAW_COPIES}: {raw_seconds:.2f} s = {raw_rate:,.0f} rows/s")
+    return raw_rate
+
+
+def _fresh_database(server: URL) -> tuple[str, Engine]:
+    name = f"territory_bench_{secrets.token_hex(4)}"
+    engine = make_engine(ensure_database(server, name))
+    migrate.upgrade(engine)
+    return name, engine
+
+
+def _drop_database(server: URL, name: str) -> None:
+    admin = create_engine(server, isolation_level="AUTOCOMMIT")
+    with admin.connect() as conn:
+        conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+    admin.dispose()
+
+
+def _salesforce_path(
+    engine: Engine,
+    parent: Pipe,
+    source: tuple[str, str, str],
+    counts: dict[str, int],
+    tmp: Path,
+    *,
+    bulk_load: bool,
+) -> None:
+    """The Salesforce phases: full sync, two incremental ones, the raw COPY of the synced rows."""
+    rows = sum(counts.values())
+    _settle(engine)
+    full = run_sync(engine, _connector(*source), full=True, now=NOW, bulk_load=bulk_load)
+    _report("full sync", full, rows)
+
+    accounts, opps = counts["accounts"] // 100, counts["opportunities"] // 100
+    for label, shares in (
+        ("incremental 1%", {"Account": accounts, "Opportunity": opps}),
+        ("incremental", {"Account": 500, "Opportunity": 1500}),
+    ):
+        parent.send(("change", shares))
+        changed = parent.recv()
+        incremental = run_sync(engine, _connector(*source), now=NOW)
+        _report(f"{label}: {changed:,} changed", incremental, incremental.total("rows_read"))
+
+    _export(engine, tmp)
+    raw_rate = _median_raw(engine, tmp, export=False, label="raw COPY into bare tables")
+    synced = {o.object: o for o in full.objects}
+    db_seconds = synced["accounts"].db_seconds + synced["opportunities"].db_seconds
+    db_rows = synced["accounts"].rows_read + synced["opportunities"].rows_read
+    db_rate = db_rows / db_seconds
+    print(
+        f"database phase of the full sync (accounts + opportunities): {db_seconds:.2f} s = "
+        f"{db_rate:,.0f} rows/s; / raw COPY rate: {db_rate / raw_rate:.2f}"
+    )
+
+
+def _csv_path(server: URL, folder: Path, counts: dict[str, int], *, bulk_load: bool) -> None:
+    """The CSV phases: a full import of the export into a fresh database, the raw COPY of its files."""
+    name, engine = _fresh_database(server)
+    try:
+        _settle(engine)
+        full = run_sync(engine, CsvConnector(folder), full=True, now=NOW, bulk_load=bulk_load)
+        _report("CSV full import", full, sum(counts.values()))
+        raw_rate = _median_raw(engine, folder, export=True, label="raw COPY of the CSV files")
+        rows = counts["accounts"] + counts["opportunities"]
+        rate = rows / full.seconds
+        print(
+            f"CSV full import end to end, accounts + opportunities: {rows:,} rows / {full.seconds:.2f} s "
+            f"= {rate:,.0f} rows/s; / raw COPY rate of the files: {rate / raw_rate:.2f}"
+        )
+    finally:
+        engine.dispose()
+        _drop_database(server, name)
+
+
 def main() -> None:
     """Run the phases once and print their figures."""
     parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
@@ -179,65 +288,38 @@ def main() -> None:
     parser.add_argument(
         "--no-bulk-load", action="store_true", help="batch by batch even into empty tables (to compare)"
     )
+    parser.add_argument("--no-salesforce", action="store_true", help="only the CSV path")
+    parser.add_argument("--no-csv", action="store_true", help="only the Salesforce path")
     args = parser.parse_args()
 
     print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
     server = normalize_url(args.database_url)
-    name = f"territory_bench_{secrets.token_hex(4)}"
-    url = ensure_database(server, name)
-    engine = make_engine(url)
+    name, engine = _fresh_database(server)
     ctx = mp.get_context("spawn")
     parent, child_end = ctx.Pipe()
     with tempfile.TemporaryDirectory(prefix="territory-bench-") as tmp:
+        csv_dir = None if args.no_csv else str(Path(tmp) / "export")
         child = ctx.Process(
-            target=_serve, args=(child_end, args.accounts, args.reps, args.seed, tmp), daemon=True
+            target=_serve, args=(child_end, args.accounts, args.reps, args.seed, tmp, csv_dir), daemon=True
         )
         try:
-            migrate.upgrade(engine)
             started = time.perf_counter()
             child.start()
             sf_url, ca_path, token, counts = parent.recv()
             print("source: sandbox Salesforce in a child process, through simple-salesforce")
             print(f"generated and serving {counts} in {time.perf_counter() - started:.1f} s")
-            rows = sum(counts.values())
-
-            _settle(engine)
-            full = run_sync(
-                engine,
-                _connector(sf_url, ca_path, token),
-                full=True,
-                now=NOW,
-                bulk_load=not args.no_bulk_load,
-            )
-            _report("full sync", full, rows)
-
-            accounts, opps = counts["accounts"] // 100, counts["opportunities"] // 100
-            for label, shares in (
-                ("incremental 1%", {"Account": accounts, "Opportunity": opps}),
-                ("incremental", {"Account": 500, "Opportunity": 1500}),
-            ):
-                parent.send(("change", shares))
-                changed = parent.recv()
-                incremental = run_sync(engine, _connector(sf_url, ca_path, token), now=NOW)
-                _report(f"{label}: {changed:,} changed", incremental, incremental.total("rows_read"))
-
-            _export(engine, Path(tmp))
-            raw = [_raw_copy(engine, Path(tmp), attempt) for attempt in range(RAW_COPIES)]
-            for copied, seconds in raw:
-                print(
-                    f"{'raw COPY into bare tables':<34} {seconds:8.2f} s  {copied / seconds:>10,.0f} rows/s"
+            if not args.no_salesforce:
+                _salesforce_path(
+                    engine,
+                    parent,
+                    (sf_url, ca_path, token),
+                    counts,
+                    Path(tmp),
+                    bulk_load=not args.no_bulk_load,
                 )
-            copied, raw_seconds = sorted(raw, key=lambda r: r[1])[RAW_COPIES // 2]
-            raw_rate = copied / raw_seconds
-            print(f"raw COPY, the median of {RAW_COPIES}: {raw_seconds:.2f} s = {raw_rate:,.0f} rows/s")
-            synced = {o.object: o for o in full.objects}
-            db_seconds = synced["accounts"].db_seconds + synced["opportunities"].db_seconds
-            db_rows = synced["accounts"].rows_read + synced["opportunities"].rows_read
-            db_rate = db_rows / db_seconds
-            print(
-                f"database phase of the full sync (accounts + opportunities): {db_seconds:.2f} s = "
-                f"{db_rate:,.0f} rows/s; / raw COPY rate: {db_rate / raw_rate:.2f}"
-            )
+            if csv_dir is not None:
+                print("source: the same org as a CSV export")
+                _csv_path(server, Path(csv_dir), counts, bulk_load=not args.no_bulk_load)
         finally:
             if child.is_alive():
                 parent.send(("stop",))
@@ -246,10 +328,7 @@ def main() -> None:
                     child.kill()
                     child.join()
             engine.dispose()
-            admin = create_engine(server, isolation_level="AUTOCOMMIT")
-            with admin.connect() as conn:
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-            admin.dispose()
+            _drop_database(server, name)
     print(f"peak RSS of the sync process: {_peak_rss_mb():,.0f} MB")
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 

@@ -8,17 +8,20 @@ since the watermark, which keeps a re-import of a large, mostly unchanged export
 from __future__ import annotations
 
 import csv
+import datetime as dt
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Final
+from typing import Any, Final
 
 import numpy as np
 import pandas as pd
+import pyarrow as pa
+import pyarrow.csv as pacsv
 
 from connectors.base import Batch, CrmObject, Cursor, OwnerChange, WriteOutcome, WriteResult
 from connectors.errors import ConnectorConfigError
-from connectors.records import FrameRecords
+from connectors.records import INVALID_ROW, FrameRecords, as_arrow, parse_timestamps, strip_text
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +43,34 @@ FILES: Final[dict[str, tuple[str, ...]]] = {
 FILE_OF: Final = {obj: f"{obj.value}.csv" for obj in CrmObject}
 DEFAULT_CHUNK_ROWS: Final = 5000
 ENCODING: Final = "utf-8-sig"  # UTF-8; a byte-order mark (spreadsheet exports) is tolerated
+_BLOCK_BYTES: Final = 1 << 22  # what Arrow's reader parses at a time
+_TEXT: Final = pd.StringDtype("pyarrow", na_value=np.nan)
+
+
+def _frame(table: pa.Table) -> pd.DataFrame:
+    """An Arrow table of text as a frame of Arrow-backed text columns (no Python string per cell)."""
+    frame: pd.DataFrame = table.to_pandas(types_mapper=lambda t: _TEXT if pa.types.is_string(t) else None)
+    return frame
+
+
+def _with_invalid(
+    block: pa.RecordBatch, invalid: Sequence[tuple[str, str]], columns: Sequence[str]
+) -> pa.RecordBatch:
+    """``block`` with the ``INVALID_ROW`` column, and after its rows one row of blanks per invalid row
+    (reason and text in ``INVALID_ROW``). The fields of a row whose count is wrong cannot be told apart,
+    so none is stored; its first field is kept as its id where the header starts with ``id``, so that a
+    delete pass never takes its id for absent."""
+    marks = pa.nulls(block.num_rows, pa.string())
+    if not invalid:
+        return pa.RecordBatch.from_arrays([*block.columns, marks], names=[*columns, INVALID_ROW])
+    extra: dict[str, list[str]] = {c: [""] * len(invalid) for c in columns}
+    if columns and columns[0] == "id":
+        extra["id"] = [next(csv.reader([text]), [""])[0].strip() for _, text in invalid]
+    arrays = [pa.concat_arrays([block.column(c), pa.array(extra[c], pa.string())]) for c in columns]
+    reasons = pa.array([f"{why}: {text}" for why, text in invalid], pa.string())
+    return pa.RecordBatch.from_arrays(
+        [*arrays, pa.concat_arrays([marks, reasons])], names=[*columns, INVALID_ROW]
+    )
 
 
 class CsvConnector:
@@ -87,28 +118,57 @@ class CsvConnector:
         return header
 
     def _chunks(self, name: str, usecols: Sequence[str] | None = None) -> Iterator[pd.DataFrame]:
-        """The file's rows as all-text frames of at most ``chunk_rows`` rows (blank cells are "")."""
+        """The file's rows as all-text frames of at most ``chunk_rows`` rows (blank cells are ""), read
+        by Arrow's CSV reader; the columns are Arrow-backed text. A row with fewer or more fields than
+        the header comes as a row of blanks with its reason in ``INVALID_ROW`` (and its text)."""
         path = self.folder / name
-        self._header(path, FILES[name])
-        try:
-            reader = pd.read_csv(
-                path,
-                dtype=str,
-                keep_default_na=False,
-                na_filter=False,
-                encoding=ENCODING,
-                chunksize=self.chunk_rows,
-                usecols=list(usecols) if usecols is not None else None,
-                skipinitialspace=False,
+        header = self._header(path, FILES[name])
+        invalid: list[tuple[str, str]] = []
+
+        def on_invalid(row: Any) -> str:
+            invalid.append(
+                (f"row has {row.actual_columns} fields, the header {row.expected_columns}", row.text)
             )
-            with reader:
-                for chunk in reader:
-                    chunk.columns = [str(c).strip() for c in chunk.columns]
-                    yield chunk
-        except UnicodeDecodeError as exc:
-            raise ConnectorConfigError(f"{name}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
-        except pd.errors.ParserError as exc:
-            raise ConnectorConfigError(f"{name}: not valid CSV: {exc}") from None
+            return "skip"
+
+        try:
+            reader = pacsv.open_csv(
+                path,
+                read_options=pacsv.ReadOptions(column_names=header, skip_rows=1, block_size=_BLOCK_BYTES),
+                parse_options=pacsv.ParseOptions(newlines_in_values=True, invalid_row_handler=on_invalid),
+                convert_options=pacsv.ConvertOptions(
+                    column_types=dict.fromkeys(header, pa.string()),
+                    strings_can_be_null=False,
+                    quoted_strings_can_be_null=False,
+                    include_columns=list(usecols) if usecols is not None else None,
+                ),
+            )
+            columns = reader.schema.names
+            pending: list[pa.RecordBatch] = []
+            rows = 0
+            for raw in reader:
+                block = _with_invalid(raw, invalid, columns)
+                invalid.clear()
+                pending.append(block)
+                rows += block.num_rows
+                while rows >= self.chunk_rows:
+                    table = pa.Table.from_batches(pending)
+                    yield _frame(table.slice(0, self.chunk_rows))
+                    rest = table.slice(self.chunk_rows)
+                    pending, rows = rest.to_batches(), rest.num_rows
+            if invalid:  # the handler runs as a block is parsed: a last one may follow the last block
+                empty = pa.RecordBatch.from_arrays(
+                    [pa.array([], pa.string()) for _ in columns], names=columns
+                )
+                pending.append(_with_invalid(empty, invalid, columns))
+                rows += len(invalid)
+            if rows:
+                yield _frame(pa.Table.from_batches(pending))
+        except pa.ArrowInvalid as exc:
+            message = str(exc)
+            if "UTF8" in message or "UTF-8" in message:
+                raise ConnectorConfigError(f"{name}: not UTF-8 text ({message})") from None
+            raise ConnectorConfigError(f"{name}: not valid CSV: {message}") from None
 
     def read(self, obj: CrmObject, since: Cursor | None, *, full: bool = False) -> Iterator[Batch]:
         """Rows of ``obj`` modified at or after ``since`` (all when ``full``), then the file's high mark.
@@ -122,14 +182,16 @@ class CsvConnector:
         for chunk in self._chunks(name):
             keep = chunk
             if "modified_at" in chunk.columns:
-                stamps = pd.to_datetime(chunk["modified_at"], utc=True, errors="coerce", format="ISO8601")
-                present = np.flatnonzero(stamps.notna().to_numpy(dtype=bool))
+                stamps = parse_timestamps(as_arrow(chunk["modified_at"]))  # UTC, NaT where unparseable
+                present = np.flatnonzero(~np.isnat(stamps))
                 if len(present):
-                    top = int(present[int(stamps.iloc[present].reset_index(drop=True).argmax())])
-                    candidate = Cursor(stamps.iloc[top].to_pydatetime(), str(chunk["id"].iloc[top]))
+                    top = int(present[int(np.argmax(stamps[present]))])
+                    newest = stamps[top].item().replace(tzinfo=dt.UTC)
+                    candidate = Cursor(newest, str(chunk["id"].iloc[top]))
                     high = candidate if high is None or candidate > high else high
                 if since is not None and not full:
-                    keep = chunk[stamps.isna() | (stamps >= pd.Timestamp(since.modified_at))]
+                    start = np.datetime64(since.modified_at.astimezone(dt.UTC).replace(tzinfo=None), "us")
+                    keep = chunk[np.isnat(stamps) | (stamps >= start)]
             if len(keep):
                 records = FrameRecords(keep)
                 yield Batch(records=records, raw=records)
@@ -138,7 +200,7 @@ class CsvConnector:
     def snapshot_ids(self, obj: CrmObject) -> Iterator[Sequence[str]]:
         """Every non-empty id in ``obj``'s file: whatever a stored row's id is not among was deleted."""
         for chunk in self._chunks(FILE_OF[obj], usecols=["id"]):
-            ids = chunk["id"].str.strip()
+            ids = strip_text(chunk["id"])
             yield ids[ids != ""].tolist()
 
     def history(self) -> Iterator[pd.DataFrame]:
@@ -147,7 +209,7 @@ class CsvConnector:
         if not (self.folder / name).is_file():
             return
         for chunk in self._chunks(name):
-            yield chunk.apply(lambda col: col.str.strip())[list(FILES[name])]
+            yield chunk[list(FILES[name])].apply(strip_text)
 
     def apply_owner_changes(
         self, changes: Sequence[OwnerChange], obj: CrmObject = CrmObject.accounts

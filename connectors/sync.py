@@ -18,23 +18,24 @@ from dataclasses import asdict, dataclass
 from typing import Any, Final, Protocol, runtime_checkable
 
 import pandas as pd
-from sqlalchemy import Connection, Engine, bindparam, text
-from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy import Connection, Engine
 
 from connectors.base import Connector, CrmObject, Cursor
 from connectors.batches import (
     CLOCK_SKEW,
-    TABLES,
     BatchState,
     ObjectSummary,
     ProgressFn,
     json_safe,
     read_batches,
-    relaxed_commit,
 )
 from connectors.bulk_load import read_into_empty
 from connectors.errors import ConnectorError, QuotaExhausted
-from store.bulk import copy_csv
+from connectors.records import check_history
+from store import history, quarantine, sync_runs, synced
+from store.bulk import csv_bytes
+from store.history import HISTORY_COLUMNS
+from store.sync_runs import relaxed_commit
 
 __all__ = [
     "DEFAULT_LOOKBACK",
@@ -50,8 +51,6 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 DEFAULT_LOOKBACK: Final = dt.timedelta(seconds=300)
-
-_HISTORY_COLUMNS: Final = ("account_id", "owner_id", "start_date", "end_date")
 
 
 class SyncBusyError(ConnectorError):
@@ -170,23 +169,14 @@ def run_sync(
     ordered = [o for o in CrmObject if o in set(objects)]
     results: list[ObjectSummary] = []
     with engine.connect() as lock:
-        got = lock.execute(
-            text("SELECT pg_try_advisory_lock(hashtext(:k))"), {"k": f"territory-sync:{source}"}
-        ).scalar_one()
+        got = sync_runs.try_lock(lock, source)
         lock.commit()
         if not got:
             raise SyncBusyError(f"another sync of {source} is running; try again when it has finished")
         try:
             with engine.begin() as conn:
                 relaxed_commit(conn)
-                conn.execute(
-                    text(
-                        "UPDATE sync_runs SET status = 'interrupted', finished_at = now(), "
-                        "error = 'the process ended before the run finished' "
-                        "WHERE source = :s AND status = 'running'"
-                    ),
-                    {"s": source},
-                )
+                sync_runs.interrupt_running(conn, source)
             for obj in ordered:
                 summary = _sync_object(
                     engine, connector, obj, full, progress, now, lookback, roster, bulk_load, delete_guard
@@ -195,7 +185,7 @@ def run_sync(
                 if summary.status != "succeeded":
                     break
         finally:
-            lock.execute(text("SELECT pg_advisory_unlock(hashtext(:k))"), {"k": f"territory-sync:{source}"})
+            sync_runs.unlock(lock, source)
             lock.commit()
     return SyncSummary(source, tuple(results), time.perf_counter() - started)
 
@@ -218,22 +208,14 @@ def _sync_object(
     summary = ObjectSummary(object=obj.value)
     with engine.begin() as conn:
         relaxed_commit(conn)
-        run_id = conn.execute(
-            text('INSERT INTO sync_runs (source, object, "full") VALUES (:s, :o, :f) RETURNING id'),
-            {"s": source, "o": obj.value, "f": full},
-        ).scalar_one()
-        saved_json = conn.execute(
-            text("SELECT watermark FROM sync_state WHERE source = :s AND object = :o"),
-            {"s": source, "o": obj.value},
-        ).scalar()
-    summary.run_id = int(run_id)
+        run_id = sync_runs.start_run(conn, source, obj.value, full=full)
+        saved_json = sync_runs.watermark(conn, source, obj.value)
+    summary.run_id = run_id
     saved = Cursor.from_json(saved_json)
     if saved is not None and saved.modified_at > now + CLOCK_SKEW:
         saved = _repair_future_cursor(engine, source, obj, saved, now)
     since = None if full or saved is None else Cursor(saved.modified_at - lookback, "")
-    state = BatchState(
-        source, obj, int(run_id), saved, summary, isinstance(connector, HistorySource), now, roster
-    )
+    state = BatchState(source, obj, run_id, saved, summary, isinstance(connector, HistorySource), now, roster)
     extra = {"sync_run_id": run_id, "source": source, "object": obj.value}
     log.info("sync of an object started", extra={**extra, "since": since and since.to_json()})
     try:
@@ -254,7 +236,7 @@ def _sync_object(
             if obj is CrmObject.accounts and isinstance(connector, HistorySource):
                 with conn.begin():
                     relaxed_commit(conn)
-                    if _history_missing(conn):
+                    if history.missing(conn):
                         _seed_history(conn, state, connector.history())
                     _open_missing_history(conn, state)
         summary.status = "succeeded"
@@ -285,19 +267,10 @@ def _repair_future_cursor(
 ) -> Cursor | None:
     """A watermark past the clock (saved by an older version from a record stamped in the future)
     would hide every later change: move it back to the newest stored change not in the future."""
-    table = TABLES[obj]
     with engine.begin() as conn:
-        newest = conn.execute(
-            text(f"SELECT max(modified_at) FROM {table} WHERE modified_at <= :now"),  # noqa: S608
-            {"now": now},
-        ).scalar()
+        newest = sync_runs.newest_change(conn, obj.value, now)
         repaired = Cursor(newest) if newest is not None else None
-        conn.execute(
-            text("UPDATE sync_state SET watermark = :w WHERE source = :s AND object = :o").bindparams(
-                bindparam("w", type_=JSONB)
-            ),
-            {"w": repaired.to_json() if repaired else None, "s": source, "o": obj.value},
-        )
+        sync_runs.replace_watermark(conn, source, obj.value, repaired.to_json() if repaired else None)
     log.warning(
         "the saved cursor was in the future; moved back",
         extra={
@@ -315,31 +288,17 @@ def _finish(engine: Engine, state: BatchState) -> None:
     s = state.summary
     with engine.begin() as conn:
         relaxed_commit(conn)
-        conn.execute(
-            text(
-                "UPDATE sync_runs SET status = :st, finished_at = now(), error = :e, rows_read = :r, "
-                "rows_upserted = :u, rows_deleted = :d, rows_quarantined = :q WHERE id = :id"
-            ),
-            {
-                "st": s.status,
-                "e": s.error,
-                "r": s.rows_read,
-                "u": s.rows_upserted,
-                "d": s.rows_deleted,
-                "q": s.rows_quarantined,
-                "id": state.run_id,
-            },
+        sync_runs.finish_run(
+            conn,
+            state.run_id,
+            status=s.status,
+            error=s.error,
+            read=s.rows_read,
+            upserted=s.rows_upserted,
+            deleted=s.rows_deleted,
+            quarantined=s.rows_quarantined,
         )
-        conn.execute(
-            text(
-                "INSERT INTO sync_state (source, object, last_run_at, last_success_at, last_status, "
-                "last_error) VALUES (:s, :o, now(), CASE WHEN :st = 'succeeded' THEN now() END, :st, :e) "
-                "ON CONFLICT (source, object) DO UPDATE SET last_run_at = now(), "
-                "last_success_at = coalesce(EXCLUDED.last_success_at, sync_state.last_success_at), "
-                "last_status = EXCLUDED.last_status, last_error = EXCLUDED.last_error"
-            ),
-            {"s": state.source, "o": state.obj.value, "st": s.status, "e": s.error},
-        )
+        sync_runs.record_outcome(conn, state.source, state.obj.value, status=s.status, error=s.error)
 
 
 def _id_chunks(chunks: Iterable[Sequence[str]]) -> Iterator[bytes]:
@@ -355,75 +314,34 @@ def _sweep_deletes(
     """Soft-delete stored rows absent from a full snapshot's ids, and make deleted ones it lists live
     again; refuses an export with no id at all, and one that would delete more of the live rows than
     ``guard`` allows (raises, deleting nothing)."""
-    conn.execute(text("CREATE TEMP TABLE present (id text) ON COMMIT DROP"))
-    copy_csv(conn, "present", ["id"], _id_chunks(ids))
-    count = int(conn.execute(text("SELECT count(*) FROM present")).scalar_one())
-    table = TABLES[state.obj]
-    if count == 0:
+    table = state.obj.value
+    if synced.stage_present(conn, _id_chunks(ids)) == 0:
         log.warning(
             "the export lists no %s at all; not treating that as deleting every one",
             table,
             extra={"sync_run_id": state.run_id, "source": state.source, "object": state.obj.value},
         )
         return 0
-    conn.execute(text("ANALYZE present"))
-    live = "t.active" if state.obj is CrmObject.owners else "NOT t.deleted"
-    absent = "NOT EXISTS (SELECT 1 FROM present p WHERE p.id = t.id)"
-    counts = conn.execute(
-        text(f"SELECT count(*), count(*) FILTER (WHERE {absent}) FROM {table} t WHERE {live}")  # noqa: S608
-    ).one()
-    total, would = int(counts[0]), int(counts[1])
+    total, would = synced.count_absent(conn, table)
     if would and not guard.allow_mass_delete and would > guard.max_share * total:
         raise MassDeleteRefused(table, would, total, guard)
-    gone = "active = false" if state.obj is CrmObject.owners else "deleted = true"
-    sql = f"UPDATE {table} t SET {gone}, synced_at = now() WHERE {live} AND {absent}"  # noqa: S608
-    deleted = int(conn.execute(text(sql)).rowcount)
+    deleted = synced.delete_absent(conn, table)
     if state.obj is not CrmObject.owners:
         # A record back in the export is live again, even when an incremental read skipped it as
         # unchanged since the cursor (its stored values are the ones it came back with).
-        revive = f"UPDATE {table} t SET deleted = false, synced_at = now() WHERE t.deleted AND NOT {absent}"  # noqa: S608
-        revived = int(conn.execute(text(revive)).rowcount)
+        revived = synced.revive_present(conn, table)
         if revived:
             log.info(
                 "records back in the export are live again",
                 extra={"sync_run_id": state.run_id, "object": state.obj.value, "revived": revived},
             )
-    conn.execute(
-        text("UPDATE sync_runs SET rows_deleted = rows_deleted + :d WHERE id = :id"),
-        {"d": deleted, "id": state.run_id},
-    )
+    sync_runs.add_counts(conn, state.run_id, deleted=deleted)
     return deleted
 
 
-def _history_missing(conn: Connection) -> bool:
-    """Whether some live account with an owner lacks a current assignment (else the seed, which only
-    fills accounts without any history, has nothing to do). Uses the partial index of current rows."""
-    return bool(
-        conn.execute(
-            text(
-                "SELECT EXISTS (SELECT 1 FROM accounts a WHERE NOT a.deleted AND a.owner_id IS NOT NULL "
-                "AND NOT EXISTS (SELECT 1 FROM assignment_history h "
-                "WHERE h.account_id = a.id AND h.end_date IS NULL))"
-            )
-        ).scalar_one()
-    )
-
-
 def _open_missing_history(conn: Connection, state: BatchState) -> None:
-    """Give every live account with an owner and no current row one (from its last end date, else its
-    modified date, else today)."""
-    opened = conn.execute(
-        text(
-            "INSERT INTO assignment_history (account_id, owner_id, start_date, source) "
-            "SELECT a.id, a.owner_id, greatest("
-            "coalesce((a.modified_at AT TIME ZONE 'UTC')::date, CAST(:today AS date)), last.end_date), "
-            "'sync' FROM accounts a LEFT JOIN (SELECT account_id, max(end_date) AS end_date "
-            "FROM assignment_history GROUP BY account_id) last ON last.account_id = a.id "
-            "WHERE a.owner_id IS NOT NULL AND NOT a.deleted AND NOT EXISTS "
-            "(SELECT 1 FROM assignment_history h WHERE h.account_id = a.id AND h.end_date IS NULL)"
-        ),
-        {"today": state.now.date()},
-    ).rowcount
+    """Give every live account with an owner and no current row one (store/history.py says from when)."""
+    opened = history.open_missing(conn, state.now.date())
     if opened:
         log.info(
             "current assignments opened",
@@ -437,74 +355,9 @@ def _seed_history(conn: Connection, state: BatchState, chunks: Iterable[pd.DataF
     Rows naming an unknown account or owner, with unparseable dates, or a second current row for one
     account go to the quarantine (object ``assignments``).
     """
-    conn.execute(
-        text(
-            "CREATE TEMP TABLE history_stage (account_id text, owner_id text, start_date date, "
-            "end_date date, _pos bigint) ON COMMIT DROP"
-        )
-    )
-    bad: list[dict[str, Any]] = []
-    offset = 0
-
-    def clean_chunks() -> Iterator[bytes]:
-        nonlocal offset
-        for chunk in chunks:
-            frame = chunk.reset_index(drop=True)
-            start = pd.to_datetime(frame["start_date"], format="%Y-%m-%d", errors="coerce")
-            end_blank = frame["end_date"].isna() | (frame["end_date"].astype(str).str.strip() == "")
-            end = pd.to_datetime(frame["end_date"].where(~end_blank), format="%Y-%m-%d", errors="coerce")
-            reasons = pd.Series(None, index=frame.index, dtype=object)
-            reasons[(frame["account_id"].fillna("") == "")] = "missing account_id"
-            reasons[reasons.isna() & (frame["owner_id"].fillna("") == "")] = "missing owner_id"
-            reasons[reasons.isna() & start.isna()] = "unparseable start_date"
-            reasons[reasons.isna() & ~end_blank & end.isna()] = "unparseable end_date"
-            reasons[reasons.isna() & end.notna() & (end < start)] = "end_date before start_date"
-            for pos in frame.index[reasons.notna()]:
-                row = {k: str(frame.at[pos, k]) for k in _HISTORY_COLUMNS}
-                bad.append(
-                    {
-                        "record_id": f"{row['account_id']}:{row['start_date']}",
-                        "reason": reasons[pos],
-                        "raw": row,
-                    }
-                )
-            good = frame[reasons.isna()]
-            out = pd.DataFrame(
-                {
-                    "account_id": good["account_id"],
-                    "owner_id": good["owner_id"],
-                    "start_date": start[reasons.isna()].dt.strftime("%Y-%m-%d"),
-                    "end_date": end[reasons.isna()].dt.strftime("%Y-%m-%d"),
-                    "_pos": good.index + offset,
-                }
-            )
-            offset += len(frame)
-            yield out.to_csv(header=False, index=False).encode()
-
-    copy_csv(
-        conn, "history_stage", ["account_id", "owner_id", "start_date", "end_date", "_pos"], clean_chunks()
-    )
-    conn.execute(text("ANALYZE history_stage"))
-    conn.execute(
-        text(
-            "CREATE TEMP TABLE history_bad ON COMMIT DROP AS "
-            "SELECT s._pos, s.account_id, s.owner_id, s.start_date, s.end_date, "
-            "a.id IS NOT NULL AS account_known, o.id IS NOT NULL AS owner_known "
-            "FROM (SELECT h.*, CASE WHEN h.end_date IS NULL THEN row_number() OVER "
-            "(PARTITION BY h.account_id, h.end_date IS NULL ORDER BY h._pos DESC) END AS open_rank "
-            "FROM history_stage h) s "
-            "LEFT JOIN accounts a ON a.id = s.account_id LEFT JOIN owners o ON o.id = s.owner_id "
-            "WHERE a.id IS NULL OR o.id IS NULL OR s.open_rank > 1"
-        )
-    )
-    conn.execute(text("DELETE FROM history_stage s USING history_bad b WHERE s._pos = b._pos"))
-    refs = conn.execute(
-        text(
-            "SELECT account_id, owner_id, start_date, end_date, account_known, owner_known "
-            "FROM history_bad ORDER BY _pos"
-        )
-    ).all()
-    for account_id, owner_id, start, end, account_known, owner_known in refs:
+    bad: list[tuple[str, str, dict[str, Any]]] = []  # record id, reason, raw row
+    history.stage_history(conn, _checked_history(chunks, bad))
+    for account_id, owner_id, start, end, account_known, owner_known in history.take_bad_history(conn):
         reason = (
             f"unknown account: {account_id}"
             if not account_known
@@ -518,30 +371,10 @@ def _seed_history(conn: Connection, state: BatchState, chunks: Iterable[pd.DataF
             "start_date": str(start),
             "end_date": end and str(end),
         }
-        bad.append({"record_id": f"{account_id}:{start}", "reason": reason, "raw": raw})
-    if bad:
-        rows = {b["record_id"]: {**b, "raw": json.dumps(json_safe(b["raw"]), default=str)} for b in bad}
-        conn.execute(
-            text(
-                "INSERT INTO quarantine (source, object, record_id, reason, raw, sync_run_id) "
-                "SELECT :s, 'assignments', record_id, reason, raw::jsonb, :run FROM "
-                "jsonb_to_recordset(CAST(:rows AS jsonb)) AS x(record_id text, reason text, raw text) "
-                "ON CONFLICT (source, object, record_id) WHERE resolved_at IS NULL DO UPDATE SET "
-                "reason = EXCLUDED.reason, raw = EXCLUDED.raw, last_seen_at = now(), "
-                "sync_run_id = EXCLUDED.sync_run_id"
-            ),
-            {"s": state.source, "run": state.run_id, "rows": json.dumps(list(rows.values()))},
-        )
-    seeded = conn.execute(
-        text(
-            "INSERT INTO assignment_history (account_id, owner_id, start_date, end_date, source) "
-            "SELECT s.account_id, s.owner_id, s.start_date, s.end_date, 'import' FROM history_stage s "
-            "LEFT JOIN (SELECT DISTINCT account_id FROM assignment_history) h "
-            "ON h.account_id = s.account_id WHERE h.account_id IS NULL"
-        )
-    ).rowcount
-    if seeded:  # a first import just filled the table: plan the next statements on real statistics
-        conn.execute(text("ANALYZE assignment_history"))
+        bad.append((f"{account_id}:{start}", reason, raw))
+    rows = [(rid, why, json.dumps(json_safe(raw), default=str)) for rid, why, raw in bad]
+    quarantine.put(conn, source=state.source, obj="assignments", run_id=state.run_id, rejected=rows)
+    seeded = history.seed_staged(conn)
     log.info(
         "assignment history seeded",
         extra={
@@ -551,3 +384,29 @@ def _seed_history(conn: Connection, state: BatchState, chunks: Iterable[pd.DataF
             "quarantined": len(bad),
         },
     )
+
+
+def _checked_history(
+    chunks: Iterable[pd.DataFrame], bad: list[tuple[str, str, dict[str, Any]]]
+) -> Iterator[bytes]:
+    """The export's assignment rows checked (connectors/records.py), as COPY text of the good ones and
+    their position in the export; the bad ones are appended to ``bad``."""
+    offset = 0
+    for chunk in chunks:
+        frame = chunk.reset_index(drop=True)
+        dates, reasons = check_history(frame)
+        for pos in frame.index[reasons.notna()]:
+            row = {k: str(frame.at[pos, k]) for k in HISTORY_COLUMNS}
+            bad.append((f"{row['account_id']}:{row['start_date']}", str(reasons[pos]), row))
+        good = reasons.isna()
+        out = pd.DataFrame(
+            {
+                "account_id": frame["account_id"][good],
+                "owner_id": frame["owner_id"][good],
+                "start_date": dates["start_date"][good],
+                "end_date": dates["end_date"][good],
+                "_pos": frame.index[good] + offset,
+            }
+        )
+        offset += len(frame)
+        yield csv_bytes(out)

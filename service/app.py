@@ -28,9 +28,9 @@ from starlette.routing import Route
 
 from service import webhooks
 from service.http_limits import BodyLimit
-from service.scheduler import SyncRequest, queue_sync_requests
 from service.settings import Settings, WebhookSettings
 from store import migrate
+from store.outbox import SyncRequest, queue_sync_requests
 
 log = logging.getLogger(__name__)
 

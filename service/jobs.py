@@ -18,12 +18,12 @@ from connectors.base import CrmObject
 from service.scheduler import (
     JobContext,
     Scheduler,
-    claim_sync_requests,
     crontab,
     interval_minutes,
     monthly_key,
 )
 from service.settings import Settings
+from store.outbox import claim_sync_requests
 
 if TYPE_CHECKING:
     from approval.writeback import ApplyReport
@@ -225,6 +225,6 @@ def _due_writeback(engine: Engine) -> bool:
 
 
 def _pending(engine: Engine) -> bool:
-    from service.scheduler import pending_sync_requests
+    from store.outbox import pending_sync_requests
 
     return pending_sync_requests(engine) > 0

@@ -11,14 +11,13 @@ compare-and-set insert on the unique ``(job, run_key)``: it happens once across 
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import json
 import logging
 import math
 import threading
 import time
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Final
 
@@ -33,11 +32,20 @@ from sqlalchemy import Connection, Engine, text
 from service.leader import LeaderLock
 from service.settings import SchedulerSettings
 
+__all__ = [
+    "HandedBack",
+    "JobContext",
+    "JobSpec",
+    "Scheduler",
+    "crontab",
+    "interval_minutes",
+    "latest_slot",
+    "monthly_key",
+]
+
 log = logging.getLogger(__name__)
 
 CONTROL_JOB: Final = "_control"
-SYNC_REQUEST_KIND: Final = "sync_request"
-"""``outbox.kind`` of the sync requests webhooks queue; the leader drains them."""
 
 
 class HandedBack(Exception):
@@ -479,117 +487,3 @@ class Scheduler:
             log.exception("recording a job's end failed", extra={"job_run_id": run_id})
             return False
         return done is not None
-
-
-# --- webhook sync requests: queued by any replica, drained by the leader ------------------------------
-
-
-@dataclass(frozen=True)
-class SyncRequest:
-    """A request to sync ``objects``; ``key`` identifies the delivery (a retry carries the same key)."""
-
-    key: str
-    objects: tuple[str, ...]
-    payload: Mapping[str, Any] = field(default_factory=dict)
-
-
-def _row(request: SyncRequest) -> dict[str, Any]:
-    return {"key": request.key, "payload": {"objects": sorted(request.objects), **request.payload}}
-
-
-def queue_sync_requests(engine: Engine, requests: Sequence[SyncRequest]) -> set[str]:
-    """Record requests in one transaction; returns the keys that were new (the rest were queued before)."""
-    if not requests:
-        return set()
-    with engine.begin() as conn:
-        rows = conn.execute(
-            text(
-                "INSERT INTO outbox (kind, idempotency_key, payload) "
-                "SELECT :kind, r.key, r.payload FROM jsonb_to_recordset(CAST(:rows AS jsonb)) "
-                "AS r(key text, payload jsonb) "
-                "ON CONFLICT (idempotency_key) DO NOTHING RETURNING idempotency_key"
-            ),
-            {
-                "kind": SYNC_REQUEST_KIND,
-                "rows": json.dumps(
-                    [
-                        {"key": r.key, "payload": {"objects": sorted(r.objects), **r.payload}}
-                        for r in requests
-                    ],
-                    default=str,
-                ),
-            },
-        ).all()
-    return {row[0] for row in rows}
-
-
-def queue_sync_request(engine: Engine, objects: Iterable[str], key: str, payload: Mapping[str, Any]) -> bool:
-    """Record one request; False when the same delivery (``key``) was queued before."""
-    return bool(queue_sync_requests(engine, [SyncRequest(key, tuple(objects), payload)]))
-
-
-def pending_sync_requests(engine: Engine) -> int:
-    """How many queued sync requests wait (the drain job's cheap check)."""
-    with engine.connect() as conn:
-        return int(
-            conn.execute(
-                text(
-                    "SELECT count(*) FROM outbox "
-                    "WHERE kind = :k AND done_at IS NULL AND available_at <= now()"
-                ),
-                {"k": SYNC_REQUEST_KIND},
-            ).scalar_one()
-        )
-
-
-@dataclass(frozen=True)
-class ClaimedRequests:
-    """Sync requests claimed (row-locked) in an open transaction: mark them done, or roll back."""
-
-    conn: Connection
-    ids: tuple[int, ...]
-    objects: frozenset[str]
-
-
-@contextlib.contextmanager
-def claim_sync_requests(engine: Engine, holder: str, limit: int = 10_000) -> Iterator[ClaimedRequests]:
-    """Lock the due sync requests (SKIP LOCKED) for one sync; done when the block exits cleanly.
-
-    The rows stay locked in this transaction while the sync runs: if the process dies, the lock goes
-    with it and the requests are pending again, so none is lost and none is claimed twice. When the
-    block raises, they are put back with a growing delay (at most five minutes) and the error.
-    """
-    with engine.connect() as conn:
-        try:
-            with conn.begin():
-                rows = conn.execute(
-                    text(
-                        "SELECT id, payload FROM outbox WHERE kind = :k AND done_at IS NULL "
-                        "AND available_at <= now() ORDER BY id LIMIT :n FOR UPDATE SKIP LOCKED"
-                    ),
-                    {"k": SYNC_REQUEST_KIND, "n": limit},
-                ).all()
-                ids = [int(r.id) for r in rows]
-                objects = frozenset(o for r in rows for o in r.payload.get("objects", ()))
-                yield ClaimedRequests(conn, tuple(ids), objects)
-                if ids:
-                    conn.execute(
-                        text(
-                            "UPDATE outbox SET done_at = now(), claimed_by = :h, claimed_at = now(), "
-                            "attempts = attempts + 1 WHERE id = ANY(:ids)"
-                        ),
-                        {"h": holder, "ids": ids},
-                    )
-        except BaseException as exc:
-            if conn.in_transaction():
-                conn.rollback()
-            with conn.begin():
-                conn.execute(
-                    text(
-                        "UPDATE outbox SET attempts = attempts + 1, last_error = :e, available_at = now() "
-                        "+ least(power(2, attempts + 1), 300) * interval '1 second' WHERE id = ANY(:ids) "
-                        "AND done_at IS NULL"
-                    ),
-                    {"e": f"{type(exc).__name__}: {exc}"[:2000], "ids": ids},
-                )
-            raise

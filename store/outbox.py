@@ -1,12 +1,20 @@
-"""The outbox: side effects recorded before they are done, claimed once with ``FOR UPDATE SKIP LOCKED``."""
+"""The outbox: side effects recorded before they are done, claimed once with ``FOR UPDATE SKIP LOCKED``.
+
+Two kinds of use: jobs claimed one by one (:func:`claim`, the write-back worker), and the sync requests
+webhooks queue, which the scheduler's leader drains many at a time for one sync
+(:func:`claim_sync_requests`).
+"""
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from dataclasses import dataclass
-from typing import Any
+import json
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Final
 
-from sqlalchemy import Connection, func, select, update
+from sqlalchemy import Connection, Engine, func, literal_column, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from store.errors import StoreError
@@ -103,3 +111,118 @@ def complete(conn: Connection, job_id: int, *, now: dt.datetime) -> None:
 def retry_later(conn: Connection, job_id: int, *, error: str, at: dt.datetime) -> None:
     """Leave a job for a later claim after a transient error."""
     conn.execute(update(Outbox).where(_O.c.id == job_id).values(available_at=at, last_error=error[:2000]))
+
+
+# --- webhook sync requests: queued by any replica, drained by the leader ------------------------------
+
+SYNC_REQUEST_KIND: Final = "sync_request"
+"""``outbox.kind`` of the sync requests webhooks queue; the leader drains them."""
+
+
+@dataclass(frozen=True)
+class SyncRequest:
+    """A request to sync ``objects``; ``key`` identifies the delivery (a retry carries the same key)."""
+
+    key: str
+    objects: tuple[str, ...]
+    payload: Mapping[str, Any] = field(default_factory=dict)
+
+    def as_payload(self) -> dict[str, Any]:
+        """The outbox payload: the objects, sorted, and the rest as JSON values."""
+        payload: dict[str, Any] = json.loads(
+            json.dumps({"objects": sorted(self.objects), **self.payload}, default=str)
+        )
+        return payload
+
+
+def queue_sync_requests(engine: Engine, requests: Sequence[SyncRequest]) -> set[str]:
+    """Record requests in one transaction; returns the keys that were new (the rest were queued before)."""
+    if not requests:
+        return set()
+    rows = [
+        {"kind": SYNC_REQUEST_KIND, "idempotency_key": r.key, "payload": r.as_payload()} for r in requests
+    ]
+    stmt = (
+        pg_insert(Outbox)
+        .values(rows)
+        .on_conflict_do_nothing(index_elements=[_O.c.idempotency_key])
+        .returning(_O.c.idempotency_key)
+    )
+    with engine.begin() as conn:
+        return set(conn.execute(stmt).scalars())
+
+
+def queue_sync_request(engine: Engine, objects: Iterable[str], key: str, payload: Mapping[str, Any]) -> bool:
+    """Record one request; False when the same delivery (``key``) was queued before."""
+    return bool(queue_sync_requests(engine, [SyncRequest(key, tuple(objects), payload)]))
+
+
+def _due_requests() -> Any:
+    return (_O.c.kind == SYNC_REQUEST_KIND) & _O.c.done_at.is_(None) & (_O.c.available_at <= func.now())
+
+
+def pending_sync_requests(engine: Engine) -> int:
+    """How many queued sync requests wait (the drain job's cheap check)."""
+    with engine.connect() as conn:
+        return int(conn.execute(select(func.count()).select_from(_O).where(_due_requests())).scalar_one())
+
+
+@dataclass(frozen=True)
+class ClaimedRequests:
+    """Sync requests claimed (row-locked) in an open transaction: mark them done, or roll back."""
+
+    conn: Connection
+    ids: tuple[int, ...]
+    objects: frozenset[str]
+
+
+@contextlib.contextmanager
+def claim_sync_requests(engine: Engine, holder: str, limit: int = 10_000) -> Iterator[ClaimedRequests]:
+    """Lock the due sync requests (SKIP LOCKED) for one sync; done when the block exits cleanly.
+
+    The rows stay locked in this transaction while the sync runs: if the process dies, the lock goes
+    with it and the requests are pending again, so none is lost and none is claimed twice. When the
+    block raises, they are put back with a growing delay (at most five minutes) and the error.
+    """
+    ids: list[int] = []
+    with engine.connect() as conn:
+        try:
+            with conn.begin():
+                rows = conn.execute(
+                    select(_O.c.id, _O.c.payload)
+                    .where(_due_requests())
+                    .order_by(_O.c.id)
+                    .limit(limit)
+                    .with_for_update(skip_locked=True)
+                ).all()
+                ids = [int(r.id) for r in rows]
+                objects = frozenset(o for r in rows for o in r.payload.get("objects", ()))
+                yield ClaimedRequests(conn, tuple(ids), objects)
+                if ids:
+                    conn.execute(
+                        update(Outbox)
+                        .where(_O.c.id.in_(ids))
+                        .values(
+                            done_at=func.now(),
+                            claimed_by=holder,
+                            claimed_at=func.now(),
+                            attempts=_O.c.attempts + 1,
+                        )
+                    )
+        except BaseException as exc:
+            if conn.in_transaction():
+                conn.rollback()
+            with conn.begin():
+                delay = func.least(func.power(2, _O.c.attempts + 1), 300) * literal_column(
+                    "interval '1 second'"
+                )
+                conn.execute(
+                    update(Outbox)
+                    .where(_O.c.id.in_(ids), _O.c.done_at.is_(None))
+                    .values(
+                        attempts=_O.c.attempts + 1,
+                        last_error=f"{type(exc).__name__}: {exc}"[:2000],
+                        available_at=func.now() + delay,
+                    )
+                )
+            raise

@@ -351,3 +351,48 @@ def test_the_registry_builds_the_csv_connector_and_names_what_is_missing(tmp_pat
         build_connector("csv", settings, None)
     with pytest.raises(ConnectorConfigError, match="unknown source 'pipedrive'"):
         build_connector("pipedrive", settings, None)
+
+
+def _mangle_rows(folder: Path) -> None:
+    """Cut account 2 short, give account 3 a surplus field, add account 4 with two fields only."""
+    lines = (folder / "accounts.csv").read_text(encoding="utf-8").splitlines()
+    lines[2] = "001A2,Account 2,005O1"  # the rest would have overwritten good values with blanks
+    lines[3] += ",surplus"
+    (folder / "accounts.csv").write_text("\n".join([*lines, "001A4,Account 4"]) + "\n", encoding="utf-8")
+
+
+def _field_count_reasons(db: Engine) -> dict[str, str]:
+    sql = "SELECT record_id, reason FROM quarantine WHERE object = 'accounts' AND resolved_at IS NULL"
+    return dict(rows(db, sql))  # type: ignore[arg-type]
+
+
+def test_a_row_with_fewer_or_more_fields_than_its_header_is_quarantined_and_nothing_overwritten(
+    db: Engine, tmp_path: Path
+) -> None:
+    folder = write_export(
+        tmp_path / "x", owners=[owner(1)], accounts=[account(1, arr="250.00"), account(2), account(3)]
+    )
+    sync(db, folder, full=True)
+    _mangle_rows(folder)
+    summary = sync(db, folder, full=True)
+    assert_balanced(summary)
+    accounts = next(o for o in summary.objects if o.object == "accounts")
+    assert (accounts.rows_read, accounts.rows_quarantined, accounts.rows_deleted) == (4, 3, 0)
+    assert rows(db, "SELECT id, arr, deleted FROM accounts ORDER BY id") == [
+        ("001A1", Decimal("250.00"), False),
+        ("001A2", Decimal("1000.00"), False),  # stored values kept, and not deleted as absent
+        ("001A3", Decimal("1000.00"), False),
+    ]
+    reasons = _field_count_reasons(db)
+    assert reasons["001A2"] == "row has 3 fields, the header 11: 001A2,Account 2,005O1"
+    assert reasons["001A3"].startswith("row has 12 fields, the header 11: 001A3,Account 3,")
+    assert reasons["001A4"] == "row has 2 fields, the header 11: 001A4,Account 4"
+
+
+def test_a_first_load_quarantines_rows_with_the_wrong_field_count_too(db: Engine, tmp_path: Path) -> None:
+    folder = write_export(tmp_path / "x", owners=[owner(1)], accounts=[account(1), account(2), account(3)])
+    _mangle_rows(folder)
+    summary = sync(db, folder, full=True)
+    assert_balanced(summary)
+    assert rows(db, "SELECT id FROM accounts ORDER BY id") == [("001A1",)]
+    assert sorted(_field_count_reasons(db)) == ["001A2", "001A3", "001A4"]

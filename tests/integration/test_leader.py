@@ -18,15 +18,13 @@ from service.scheduler import (
     HandedBack,
     JobContext,
     Scheduler,
-    claim_sync_requests,
     crontab,
     interval_minutes,
     latest_slot,
     monthly_key,
-    pending_sync_requests,
-    queue_sync_request,
 )
 from service.settings import SchedulerSettings
+from store.outbox import claim_sync_requests, pending_sync_requests, queue_sync_request
 from tests.helpers.processes import wait_for
 
 pytestmark = pytest.mark.integration

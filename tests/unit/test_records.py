@@ -11,7 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from connectors.base import CANONICAL_COLUMNS, CrmObject
-from connectors.records import POSITION, FrameRecords, check_records, records_frame
+from connectors.records import POSITION, WHITESPACE, FrameRecords, check_records, records_frame
 
 
 def acc(**kw: Any) -> dict[str, Any]:
@@ -164,3 +164,43 @@ def test_every_record_is_clean_rejected_or_a_counted_duplicate(obj: CrmObject, d
     assert checked.clean["id"].is_unique
     assert checked.clean["id"].notna().all()
     assert checked.rejected["reason"].notna().all()
+
+
+def test_text_is_stripped_of_exactly_what_str_strip_strips() -> None:
+    assert set(WHITESPACE) == {c for c in map(chr, range(0x110000)) if c.isspace()}
+
+
+TRICKY = [
+    {"id": "a7", "name": "x", "arr": "1_000", "tier": "Growth", "modified_at": "2026-10-01T00:00:00Z"},
+    {"id": "a1", "name": "x", "arr": "inf", "modified_at": "2026-10-01T00:00:00Z"},
+    {"id": "a2", "name": "x", "arr": "+1e3", "modified_at": "2026-10-01 00:00:00"},
+    {"id": "a3", "name": "x", "arr": " 12.50 ", "modified_at": "1500-01-01T00:00:00Z"},
+    {"id": "a4", "name": "x\x1c", "arr": ".5", "modified_at": "2026-02-30T00:00:00Z"},
+    {
+        "id": "a5",
+        "name": "x",
+        "tier": "STRATEG\u0130C",
+        "modified_at": "2026-10-01T02:00:00+0200",
+    },
+    {"id": "a6", "name": "x", "lat": "90.0", "lon": "-180", "modified_at": "2026-10-01T00:00:00.1234567Z"},
+]
+
+
+def test_an_export_chunk_and_api_records_are_checked_alike() -> None:
+    """A CSV chunk (Arrow-backed text) takes the same checks as a list of records (Python values)."""
+    columns = CANONICAL_COLUMNS[CrmObject.accounts]
+    frame = pd.DataFrame([{c: r.get(c, "") for c in columns} for r in TRICKY], dtype="str")
+    from_csv = check_records(CrmObject.accounts, FrameRecords(frame))
+    from_api = check_records(CrmObject.accounts, TRICKY)
+    assert from_csv.rejected.values.tolist() == from_api.rejected.values.tolist()
+    assert from_csv.clean.astype(object).values.tolist() == from_api.clean.astype(object).values.tolist()
+    assert dict(zip(from_api.rejected["record_id"], from_api.rejected["reason"], strict=True)) == {
+        "a7": "unparseable arr: 1_000",
+        "a1": "unparseable arr: inf",
+        "a3": "unparseable modified_at: 1500-01-01T00:00:00Z",
+        "a4": "unparseable modified_at: 2026-02-30T00:00:00Z",
+        "a5": "tier outside strategic|growth|core: STRATEG\u0130C",
+    }
+    clean = from_api.clean.set_index("id")
+    assert clean.loc["a2", "arr"] == "+1e3"
+    assert clean.loc["a6", "modified_at"] == "2026-10-01T00:00:00.123456+00"

@@ -1,0 +1,248 @@
+"""The assignment history: who owned an account from when to when, as the syncs record it.
+
+One rule decides the day an assignment starts (:func:`assignment_day`): the account's modification day
+in UTC, else the run's day, never before the account's previous assignment. The batch path, the first
+load and the repair of accounts without a current row all use it.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Iterable
+from typing import Any, Final
+
+from sqlalchemy import (
+    ColumnElement,
+    Connection,
+    Date,
+    Text,
+    and_,
+    cast,
+    column,
+    exists,
+    func,
+    literal,
+    or_,
+    select,
+    table,
+    text,
+    update,
+)
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from store.bulk import copy_csv, copy_out, restore_keys, strip_keys
+from store.models import Account, Assignment
+
+_A = Account.__table__
+_COUNTED: Final = {"preserve_rowcount": True}  # an INSERT's rowcount is kept only when asked
+_H = Assignment.__table__
+
+HISTORY_COLUMNS: Final = ("account_id", "owner_id", "start_date", "end_date")
+"""The columns of an assignment as an export carries it (empty end date = the current one)."""
+
+
+def assignment_day(
+    modified_at: ColumnElement[Any], today: dt.date, after: ColumnElement[Any] | None = None
+) -> ColumnElement[Any]:
+    """The day an assignment starts: the modification day (UTC), else ``today``; not before ``after``."""
+    day = func.coalesce(cast(func.timezone("UTC", modified_at), Date), cast(literal(today), Date))
+    return day if after is None else func.greatest(day, after)
+
+
+# --- the batch path: owner changes of the staged accounts -------------------------------------------
+
+_stage = table("stage", column("id", Text), column("owner_id", Text), column("modified_at"))
+_change = table("owner_change", column("id", Text), column("owner_id", Text), column("day", Date))
+
+
+def note_owner_changes(conn: Connection, today: dt.date, *, seeded: bool) -> None:
+    """Before the upsert overwrites them: the staged accounts whose owner changes, and from which day,
+    into the temp table ``owner_change`` (new accounts too, unless an export seeds the history)."""
+    t = _A.alias("t")
+    h = _H.alias("h")
+    changes = (
+        select(
+            _stage.c.id,
+            _stage.c.owner_id,
+            assignment_day(_stage.c.modified_at, today, h.c.start_date).label("day"),
+        )
+        .select_from(
+            _stage.outerjoin(t, t.c.id == _stage.c.id).outerjoin(
+                h, and_(h.c.account_id == _stage.c.id, h.c.end_date.is_(None))
+            )
+        )
+        .where(
+            or_(
+                and_(t.c.id.is_(None), literal(not seeded)),
+                and_(
+                    t.c.id.is_not(None),
+                    t.c.owner_id.is_distinct_from(_stage.c.owner_id),
+                    or_(
+                        t.c.modified_at.is_(None),
+                        _stage.c.modified_at.is_(None),
+                        _stage.c.modified_at >= t.c.modified_at,
+                    ),
+                ),
+            )
+        )
+    )
+    # A date and a flag, rendered inline: CREATE TABLE AS takes no bound parameters through text().
+    query = changes.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
+    conn.execute(text(f"CREATE TEMP TABLE owner_change ON COMMIT DROP AS {query}"))
+
+
+def apply_owner_changes(conn: Connection) -> None:
+    """After the upsert: close the current rows of the accounts whose owner changed, open the new ones.
+    Changes of rows the upsert refused (they left the stage) are dropped first."""
+    conn.execute(_change.delete().where(~exists().where(_stage.c.id == _change.c.id)))
+    conn.execute(
+        update(Assignment)
+        .where(_H.c.account_id == _change.c.id, _H.c.end_date.is_(None))
+        .values(end_date=_change.c.day)
+    )
+    conn.execute(
+        pg_insert(Assignment).from_select(
+            ["account_id", "owner_id", "start_date", "source"],
+            select(_change.c.id, _change.c.owner_id, _change.c.day, literal("sync")).where(
+                _change.c.owner_id.is_not(None)
+            ),
+        )
+    )
+
+
+# --- accounts without a current assignment -----------------------------------------------------------
+
+
+def _without_current(a: Any) -> ColumnElement[bool]:
+    return ~exists().where(_H.c.account_id == a.c.id, _H.c.end_date.is_(None))
+
+
+def missing(conn: Connection) -> bool:
+    """Whether some live account with an owner lacks a current assignment (the partial index of current
+    rows answers it)."""
+    a = _A.alias("a")
+    cond = exists().where(~a.c.deleted, a.c.owner_id.is_not(None), _without_current(a))
+    return bool(conn.execute(select(cond)).scalar_one())
+
+
+def open_missing(conn: Connection, today: dt.date) -> int:
+    """Give every live account with an owner and no current row one, from :func:`assignment_day`, not
+    before its last end date; returns how many were opened."""
+    a = _A.alias("a")
+    last = (
+        select(_H.c.account_id, func.max(_H.c.end_date).label("end_date"))
+        .group_by(_H.c.account_id)
+        .subquery("last")
+    )
+    rows = (
+        select(a.c.id, a.c.owner_id, assignment_day(a.c.modified_at, today, last.c.end_date), literal("sync"))
+        .select_from(a.outerjoin(last, last.c.account_id == a.c.id))
+        .where(a.c.owner_id.is_not(None), ~a.c.deleted, _without_current(a))
+    )
+    cols = ["account_id", "owner_id", "start_date", "source"]
+    return int(
+        conn.execute(pg_insert(Assignment).from_select(cols, rows), execution_options=_COUNTED).rowcount
+    )
+
+
+def open_first(conn: Connection, today: dt.date) -> int:
+    """The first load: every account with an owner gets its first assignment (the tables were empty,
+    truncated in this transaction), COPYed in frozen like the accounts themselves."""
+    rows = select(_A.c.id, _A.c.owner_id, assignment_day(_A.c.modified_at, today), literal("sync")).where(
+        _A.c.owner_id.is_not(None)
+    )
+    data = copy_out(conn, rows)
+    copy_csv(
+        conn, "assignment_history", ["account_id", "owner_id", "start_date", "source"], [data], freeze=True
+    )
+    return data.count(b"\n")
+
+
+# --- seeding from an export ----------------------------------------------------------------------------
+
+_hs = table(
+    "history_stage",
+    column("account_id", Text),
+    column("owner_id", Text),
+    column("start_date", Date),
+    column("end_date", Date),
+    column("_pos"),
+)
+
+
+def stage_history(conn: Connection, chunks: Iterable[bytes]) -> None:
+    """COPY checked assignment rows (headerless CSV of ``HISTORY_COLUMNS`` and their position in the
+    export) into the temp table ``history_stage``."""
+    conn.execute(
+        text(
+            "CREATE TEMP TABLE history_stage (account_id text, owner_id text, start_date date, "
+            "end_date date, _pos bigint) ON COMMIT DROP"
+        )
+    )
+    copy_csv(conn, "history_stage", [*HISTORY_COLUMNS, "_pos"], chunks)
+    conn.execute(text("ANALYZE history_stage"))
+
+
+def take_bad_history(conn: Connection) -> list[tuple[str, str, dt.date, dt.date | None, bool, bool]]:
+    """Remove from ``history_stage`` the rows naming an unknown account or owner, and all but the last
+    current row of an account; returns them in export order as (account, owner, start, end, account
+    known, owner known)."""
+    conn.execute(
+        text(
+            "CREATE TEMP TABLE history_bad ON COMMIT DROP AS "
+            "SELECT s._pos, s.account_id, s.owner_id, s.start_date, s.end_date, "
+            "a.id IS NOT NULL AS account_known, o.id IS NOT NULL AS owner_known "
+            "FROM (SELECT h.*, CASE WHEN h.end_date IS NULL THEN row_number() OVER "
+            "(PARTITION BY h.account_id, h.end_date IS NULL ORDER BY h._pos DESC) END AS open_rank "
+            "FROM history_stage h) s "
+            "LEFT JOIN accounts a ON a.id = s.account_id LEFT JOIN owners o ON o.id = s.owner_id "
+            "WHERE a.id IS NULL OR o.id IS NULL OR s.open_rank > 1"
+        )
+    )
+    bad = table(
+        "history_bad",
+        column("_pos"),
+        column("account_id", Text),
+        column("owner_id", Text),
+        column("start_date", Date),
+        column("end_date", Date),
+        column("account_known"),
+        column("owner_known"),
+    )
+    conn.execute(_hs.delete().where(_hs.c._pos == bad.c._pos))
+    rows = conn.execute(
+        select(
+            bad.c.account_id,
+            bad.c.owner_id,
+            bad.c.start_date,
+            bad.c.end_date,
+            bad.c.account_known,
+            bad.c.owner_known,
+        ).order_by(bad.c._pos)
+    ).all()
+    return [tuple(r) for r in rows]
+
+
+def _is_empty(conn: Connection) -> bool:
+    return bool(conn.execute(select(~exists().select_from(_H))).scalar_one())
+
+
+def seed_staged(conn: Connection) -> int:
+    """Insert the staged history of the accounts that have none yet; returns the rows inserted."""
+    known = select(_H.c.account_id).distinct().subquery("h")
+    rows = (
+        select(_hs.c.account_id, _hs.c.owner_id, _hs.c.start_date, _hs.c.end_date, literal("import"))
+        .select_from(_hs.outerjoin(known, known.c.account_id == _hs.c.account_id))
+        .where(known.c.account_id.is_(None))
+    )
+    cols = ["account_id", "owner_id", "start_date", "end_date", "source"]
+    # Into an empty history (a first import) the rows go in without keys and indexes, rebuilt once.
+    stripped = strip_keys(conn, ["assignment_history"]) if _is_empty(conn) else None
+    seeded = int(
+        conn.execute(pg_insert(Assignment).from_select(cols, rows), execution_options=_COUNTED).rowcount
+    )
+    if stripped is not None:
+        restore_keys(conn, stripped)
+    if seeded:  # a first import just filled the table: plan the next statements on real statistics
+        conn.execute(text("ANALYZE assignment_history"))
+    return seeded

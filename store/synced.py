@@ -1,0 +1,119 @@
+"""The tables a sync writes (owners, accounts, opportunities): which rows are live, the soft delete, the
+sweep of rows a full snapshot no longer lists, and the id look-ups the reference checks need.
+
+A row is never removed: an owner gone from the CRM becomes inactive (``active = false``), an account
+or opportunity deleted (``deleted = true``); both come back when the CRM lists them again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, Final
+
+from sqlalchemy import (
+    ARRAY,
+    ColumnElement,
+    Connection,
+    Table,
+    Text,
+    any_,
+    column,
+    exists,
+    func,
+    literal,
+    select,
+    table,
+    text,
+    update,
+)
+
+from store.bulk import copy_csv
+from store.models import Account, Opportunity, Owner
+
+SYNCED: Final[Mapping[str, Table]] = {
+    "owners": Owner.__table__,  # type: ignore[dict-item]
+    "accounts": Account.__table__,  # type: ignore[dict-item]
+    "opportunities": Opportunity.__table__,  # type: ignore[dict-item]
+}
+"""The tables a sync writes, by object name, in sync order (parents first)."""
+
+_present = table("present", column("id", Text))
+
+
+def _ids(values: Sequence[str]) -> Any:
+    return literal(list(values), ARRAY(Text))
+
+
+def live(t: Table) -> ColumnElement[bool]:
+    """Whether a row of ``t`` is live: an active owner, an account or opportunity not deleted."""
+    return t.c.active if t.name == "owners" else ~t.c.deleted
+
+
+def _gone(t: Table) -> dict[str, Any]:
+    """The soft delete's values, ``synced_at`` included."""
+    return {"active" if t.name == "owners" else "deleted": t.name != "owners", "synced_at": func.now()}
+
+
+def soft_delete(conn: Connection, name: str, ids: Sequence[str]) -> int:
+    """Soft-delete the live rows of ``ids``; returns how many changed."""
+    if not ids:
+        return 0
+    t = SYNCED[name]
+    return int(conn.execute(update(t).where(t.c.id == any_(_ids(ids)), live(t)).values(_gone(t))).rowcount)
+
+
+def existing_ids(conn: Connection, name: str, ids: Iterable[str]) -> set[str]:
+    """Those of ``ids`` stored in ``name`` (live or not: a reference to a deleted row is known)."""
+    wanted = list(set(ids))
+    if not wanted:
+        return set()
+    t = SYNCED[name]
+    return set(conn.execute(select(t.c.id).where(t.c.id == any_(_ids(wanted)))).scalars())
+
+
+def all_ids(conn: Connection, name: str) -> set[str]:
+    """Every id of ``name`` (one array: several times faster than a row per id)."""
+    t = SYNCED[name]
+    return set(
+        conn.execute(select(func.coalesce(func.array_agg(t.c.id), literal([], ARRAY(Text))))).scalar_one()
+    )
+
+
+def is_empty(conn: Connection, name: str) -> bool:
+    """Whether ``name`` holds no row at all, deleted ones included."""
+    t = SYNCED[name]
+    return bool(conn.execute(select(~exists().select_from(t))).scalar_one())
+
+
+def stage_present(conn: Connection, chunks: Iterable[bytes]) -> int:
+    """COPY a snapshot's ids (headerless one-column CSV) into the temp table ``present``; their count."""
+    conn.execute(text("CREATE TEMP TABLE present (id text) ON COMMIT DROP"))
+    copy_csv(conn, "present", ["id"], chunks)
+    count = int(conn.execute(select(func.count()).select_from(_present)).scalar_one())
+    if count:
+        conn.execute(text("ANALYZE present"))
+    return count
+
+
+def _absent(t: Table) -> ColumnElement[bool]:
+    return ~exists().where(_present.c.id == t.c.id)
+
+
+def count_absent(conn: Connection, name: str) -> tuple[int, int]:
+    """(live rows, live rows absent from ``present``)."""
+    t = SYNCED[name]
+    row = conn.execute(select(func.count(), func.count().filter(_absent(t))).where(live(t))).one()
+    return int(row[0]), int(row[1])
+
+
+def delete_absent(conn: Connection, name: str) -> int:
+    """Soft-delete the live rows absent from ``present``; returns how many."""
+    t = SYNCED[name]
+    return int(conn.execute(update(t).where(live(t), _absent(t)).values(_gone(t))).rowcount)
+
+
+def revive_present(conn: Connection, name: str) -> int:
+    """Make deleted accounts or opportunities listed in ``present`` live again; returns how many."""
+    t = SYNCED[name]
+    stmt = update(t).where(t.c.deleted, ~_absent(t)).values(deleted=False, synced_at=func.now())
+    return int(conn.execute(stmt).rowcount)
