@@ -25,7 +25,6 @@ import re
 import resource
 import secrets
 import shutil
-import socket
 import ssl
 import subprocess
 import sys
@@ -41,6 +40,7 @@ from sqlalchemy.engine import URL
 
 from store import migrate
 from store.db import make_engine
+from tests.helpers.processes import free_port, require_tool, wait_for
 from tests.pg import url_text
 
 pytestmark = pytest.mark.e2e
@@ -57,17 +57,6 @@ STAND_IN_LABEL = 'org.opencontainers.image.description="stand-in made by tests/e
 UID = "10001:10001"
 GRACE = 25  # scheduler.shutdown_grace_seconds' default; the Deployment allows 40 s
 MAX_IMAGE_BYTES = 600_000_000  # 2026-12: about 530 MB on the stand-in base; a jump means something crept in
-
-
-def require(name: str) -> str:
-    """The path of a tool, or skip (fail in CI) with the reason."""
-    found = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
-    if found is None:
-        reason = f"{name} is not installed (run .ci/install-tools)"
-        if IN_CI:
-            pytest.fail(f"CI=true: {reason}")
-        pytest.skip(reason)
-    return found
 
 
 def from_images(dockerfile: str) -> list[str]:
@@ -232,13 +221,13 @@ def make_stand_in(podman: Podman, debootstrap: str, name: str, scratch: Path) ->
 
 @pytest.fixture(scope="module")
 def podman() -> Podman:
-    binary = require("podman")
-    require("runc")
     if os.geteuid() != 0:
         reason = "the image test needs root (debootstrap, podman's system store)"
         if IN_CI:
             pytest.fail(f"CI=true: {reason}")
         pytest.skip(reason)
+    binary = require_tool("podman")
+    require_tool("runc")
     return Podman(binary)
 
 
@@ -250,7 +239,7 @@ def image(podman: Podman, tmp_path_factory: pytest.TempPathFactory) -> str:
     base = qualified(bases[0])
     with machine_lock("territory-image-test.lock"):
         if not podman.exists(base):  # a stand-in from an earlier run, or the real image, is used as is
-            make_stand_in(podman, require("debootstrap"), base, tmp_path_factory.mktemp("stand-in"))
+            make_stand_in(podman, require_tool("debootstrap"), base, tmp_path_factory.mktemp("stand-in"))
         before = podman("image", "inspect", "--format", "{{.Id}}", IMAGE, check=False).stdout.strip()
         cert = ca_bundle()
         started = time.monotonic()
@@ -289,19 +278,6 @@ def database(fresh_database: Callable[[], URL]) -> URL:
             pytest.fail(f"CI=true: {reason}")
         pytest.skip(reason)
     return url
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def wait_for(predicate: Callable[[], object], timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.2)
 
 
 def lines(text: str) -> list[str]:
@@ -376,18 +352,15 @@ def test_migrate_serve_probes_and_sigterm_read_only_non_root(
     ]
     podman(*serve)
     try:
-        ready = f"http://127.0.0.1:{port}/readyz"
 
-        def answers() -> bool:
+        def answers(path: str) -> bool:
             state = podman("inspect", "--format", "{{.State.Running}}", name).stdout.strip()
             assert state == "true", podman("logs", name, check=False).stderr
-            with contextlib.suppress(httpx.TransportError):
-                return httpx.get(ready, timeout=2).status_code == 200
-            return False
+            return httpx.get(f"http://127.0.0.1:{port}{path}", timeout=2).status_code == 200
 
-        wait_for(answers, 90)
-        assert httpx.get(ready, timeout=5).json() == {"status": "ok"}
-        wait_for(lambda: httpx.get(f"http://127.0.0.1:{port}/healthz", timeout=5).status_code == 200, 30)
+        wait_for(lambda: answers("/readyz"), 90, "/readyz", interval=0.2, tolerate=(httpx.TransportError,))
+        assert httpx.get(f"http://127.0.0.1:{port}/readyz", timeout=5).json() == {"status": "ok"}
+        wait_for(lambda: answers("/healthz"), 30, "/healthz", interval=0.2, tolerate=(httpx.TransportError,))
         check = podman("healthcheck", "run", name, check=False, timeout=30)
         assert check.returncode == 0, check.stdout + check.stderr
 
