@@ -3,11 +3,11 @@
 No container registry is reachable from CI, so the base image the Dockerfile's ``FROM`` names is a
 stand-in made from Debian's archive with debootstrap (bookworm, minbase, Python 3.11 with venv and a
 pip of its own in /usr/local like the official image's) and imported under that exact name. The stand-in
-stays in podman's store, so only the first run on a machine pays for it (about a minute); the image's
-own build reuses podman's layer cache (its dependency layer depends on pyproject.toml alone). Then the
-image runs ``territory migrate`` and ``territory serve`` against the test PostgreSQL with
-``--read-only``, ``--cap-drop=ALL`` and UID 10001, answers ``/readyz``, passes its own HEALTHCHECK on a
-port other than 8080, and exits 0 on SIGTERM within the grace period.
+stays in podman's store, so only the first run on a machine pays for it (two to three minutes); the
+image's own build reuses podman's layer cache (its dependency layer depends on pyproject.toml
+alone). Then the image runs ``territory migrate`` and ``territory serve`` against the test PostgreSQL
+with ``--read-only``, ``--cap-drop=ALL`` and UID 10001, answers ``/readyz``, passes its own HEALTHCHECK
+on a port other than 8080, and exits 0 on SIGTERM within the grace period.
 
 Tools: podman (run with runc) and debootstrap, as root (``.ci/install-tools`` installs them). Outside CI
 a missing tool skips these tests with the reason; with CI=true it fails them. The Debian mirror is
@@ -56,7 +56,7 @@ STAND_IN_PACKAGES = ["python3", "python3-venv", "python-is-python3", "ca-certifi
 STAND_IN_LABEL = 'org.opencontainers.image.description="stand-in made by tests/e2e/test_image.py"'
 UID = "10001:10001"
 GRACE = 25  # scheduler.shutdown_grace_seconds' default; the Deployment allows 40 s
-MAX_IMAGE_BYTES = 600_000_000  # 2026-12: about 530 MB on the stand-in base; a jump means something crept in
+MAX_IMAGE_BYTES = 600_000_000  # 2026-12: 544 MB on the stand-in base; a jump means something crept in
 
 
 def from_images(dockerfile: str) -> list[str]:
