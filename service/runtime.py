@@ -8,8 +8,9 @@ from collections.abc import Iterator
 from sqlalchemy import Engine
 from sqlalchemy.engine import URL
 
+from service.errors import ConfigError
 from service.settings import Settings
-from store.db import embedded_postgres, ensure_database, make_engine
+from store.db import EMBEDDED_MISSING, embedded_available, embedded_postgres, ensure_database, make_engine
 
 EMBEDDED_DATABASE = "territory"
 
@@ -28,6 +29,8 @@ def _engine(url: str | URL, settings: Settings) -> Engine:
 @contextlib.contextmanager
 def open_embedded(settings: Settings, database: str = EMBEDDED_DATABASE) -> Iterator[Engine]:
     """An engine on ``database`` of the embedded PostgreSQL in ``settings.data_dir``."""
+    if not embedded_available():  # an image without the `embedded` extra and no TERRITORY_DATABASE_URL
+        raise ConfigError(EMBEDDED_MISSING)
     with embedded_postgres(settings.data_dir) as admin_url:
         engine = _engine(ensure_database(admin_url, database), settings)
         try:

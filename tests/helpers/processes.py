@@ -71,8 +71,11 @@ def wait_for(
 
 
 def require_tool(name: str) -> str:
-    """The tool's path; a skip with the reason outside CI, a failure in CI (where it must be installed)."""
-    path = shutil.which(name)
+    """The tool's path; a skip with the reason outside CI, a failure in CI (where it must be installed).
+
+    sbin is searched too (runc, debootstrap), which a non-root PATH may lack.
+    """
+    path = shutil.which(name) or shutil.which(name, path="/usr/sbin:/sbin")
     if path is None:
         reason = f"{name} is not installed (.ci/install-tools installs it; CI runs it)"
         if os.environ.get("CI", "").lower() == "true":
