@@ -143,6 +143,22 @@ class WebhookSettings(Section):
     )
 
 
+class SlackSettings(Section):
+    """Slack approvals; the tokens and the signing secret come from the environment only."""
+
+    channel: str | None = Field(None, description="channel id proposals are posted to; unset: CLI only")
+    approvers: list[str] = Field(default_factory=list, description="Slack user ids who may decide")
+    approver_groups: list[str] = Field(
+        default_factory=list, description="Slack user group ids whose members may decide"
+    )
+    expiry_days: int = Field(14, gt=0, description="a proposal not decided in this many days expires")
+    bot_token: SecretStr | None = Field(None, description="xoxb- bot token (environment only)")
+    signing_secret: SecretStr | None = Field(
+        None, description="request signing secret; unset: POST /slack/actions answers 503"
+    )
+    app_token: SecretStr | None = Field(None, description="xapp- app-level token: Socket Mode when set")
+
+
 class TouchesSettings(Section):
     """Expected touches a quarter per account of each tier: the workload model (docs/metrics.md)."""
 
@@ -427,6 +443,7 @@ class Settings(BaseSettings):
     server: ServerSettings = Field(default_factory=ServerSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    slack: SlackSettings = Field(default_factory=SlackSettings)
 
     @field_validator("*", mode="before")
     @classmethod
