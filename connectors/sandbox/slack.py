@@ -32,6 +32,9 @@ class FakeSlack:
     """The state of the fake workspace and the record of calls."""
 
     token: str = "xoxb-test-token"  # noqa: S105 - a fake workspace's token, not a secret
+    app_token: str = "xapp-test-token"  # noqa: S105 - the app-level token apps.connections.open takes
+    socket_url: str | None = None
+    """What ``apps.connections.open`` answers: the Socket Mode server's ws:// URL (see slack_socket.py)."""
     users: dict[str, dict[str, Any]] = field(default_factory=dict)
     usergroups: dict[str, list[str]] = field(default_factory=dict)
     channels: set[str] = field(default_factory=lambda: {"C0APPROVAL"})
@@ -130,7 +133,17 @@ def _auth_test(slack: FakeSlack, args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _connections_open(slack: FakeSlack, args: dict[str, Any]) -> dict[str, Any]:
+    if slack.socket_url is None:
+        return _err("socket_mode_not_enabled")
+    return {"ok": True, "url": slack.socket_url}
+
+
+APP_TOKEN_METHODS = frozenset({"apps.connections.open"})
+"""Methods called with the app-level token instead of the bot token."""
+
 METHODS: dict[str, Handler] = {
+    "apps.connections.open": _connections_open,
     "chat.postMessage": _post_message,
     "chat.update": _update,
     "chat.postEphemeral": _ephemeral,
@@ -194,7 +207,7 @@ def _handler_class(slack: FakeSlack) -> type[BaseHTTPRequestHandler]:
                 if not token:
                     self._send(200, _err("not_authed"))
                     return
-                if token != slack.token:
+                if token != (slack.app_token if method in APP_TOKEN_METHODS else slack.token):
                     self._send(200, _err("invalid_auth"))
                     return
                 pending = slack.rate_limits.get(method)
