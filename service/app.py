@@ -25,6 +25,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from approval import slack as slack_approval
 from service import webhooks
 from service.http_limits import BodyLimit
 from service.scheduler import SyncRequest, queue_sync_requests
@@ -226,10 +227,15 @@ def create_app(
         ok, detail = await run_in_threadpool(database_state)
         return JSONResponse({"status": detail}, status_code=200 if ok else 503)
 
+    # Slack approvals (approval/slack.py): POST /slack/actions, and Socket Mode when an app token is set.
+    slack = slack_approval.surface(settings.slack, engine, clock=clock)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await run_in_threadpool(slack.start_socket_mode)
         yield
         await writer.close()
+        await run_in_threadpool(slack.close)
 
     limits = Middleware(
         BodyLimit,
@@ -244,5 +250,6 @@ def create_app(
             Route("/metrics", metrics, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
+            Route("/slack/actions", slack.http_endpoint, methods=["POST"]),
         ],
     )

@@ -157,6 +157,7 @@ class SlackSettings(Section):
         None, description="request signing secret; unset: POST /slack/actions answers 503"
     )
     app_token: SecretStr | None = Field(None, description="xapp- app-level token: Socket Mode when set")
+    api_url: str = Field("https://slack.com/api/", description="the Slack Web API's base URL")
 
 
 class TouchesSettings(Section):
