@@ -224,15 +224,17 @@ class SlackApproval:
             token_verification_enabled=False,
             ssl_check_enabled=False,
             url_verification_enabled=False,
-            process_before_response=False,
+            process_before_response=True,  # the ack functions are quick; the work is lazy
             listener_executor=self._executor,
         )
         self.bolt.use(self._screen)
-        self.bolt.action(bk.ACTION_APPROVE)(self._on_approve)
-        self.bolt.action(bk.ACTION_REJECT)(self._on_reject)
-        self.bolt.action(bk.ACTION_APPROVE_WITHOUT)(self._on_approve_without)
-        self.bolt.view(bk.VIEW_REJECT)(self._on_reject_submitted)
-        self.bolt.view(bk.VIEW_APPROVE_WITHOUT)(self._on_approve_without_submitted)
+        self.bolt.action(bk.ACTION_APPROVE)(ack=self._ack_only, lazy=[self._approve_clicked])
+        self.bolt.action(bk.ACTION_REJECT)(ack=self._open_reject_modal, lazy=[self._modal_clicked])
+        self.bolt.action(bk.ACTION_APPROVE_WITHOUT)(
+            ack=self._open_approve_without_modal, lazy=[self._modal_clicked]
+        )
+        self.bolt.view(bk.VIEW_REJECT)(ack=self._ack_only, lazy=[self._reject_submitted])
+        self.bolt.view(bk.VIEW_APPROVE_WITHOUT)(ack=self._ack_only, lazy=[self._approve_without_submitted])
 
     # -- transports ----------------------------------------------------------------------------------
 
@@ -297,7 +299,7 @@ class SlackApproval:
                 return BoltResponse(status=400, body=str(exc))
         return next()
 
-    # -- listeners (run on the listener executor after ack) ------------------------------------------
+    # -- listeners ----------------------------------------------------------------------------------
 
     def _tell(self, user_id: str, channel: str | None, text: str, proposal_id: int) -> None:
         """An ephemeral message to one user in the proposal's channel (logged when it cannot be sent)."""
@@ -346,8 +348,14 @@ class SlackApproval:
         except SlackClientError:
             log.exception("chat.update after a decision failed", extra={"proposal_id": pid})
 
-    def _on_approve(self, ack: Ack, context: BoltContext) -> None:
+    # Each listener is an ack function, run before the answer goes back (so it only acknowledges, or
+    # opens a modal while its trigger_id is fresh), and a lazy function on the listener executor that
+    # does the rest: a burst of clicks queues decisions, never acknowledgements.
+
+    def _ack_only(self, ack: Ack) -> None:
         ack()
+
+    def _approve_clicked(self, context: BoltContext) -> None:
         click: payloads.ButtonClick = context["interaction"]
         if not self._allowed(click.user_id, click.channel_id, click.proposal_id):
             return
@@ -366,35 +374,51 @@ class SlackApproval:
                 "views.open failed",
                 extra={"proposal_id": click.proposal_id, "error": exc.response.get("error")},
             )
-            self._tell(
-                click.user_id,
-                click.channel_id,
-                "The dialog could not be opened; click again.",
-                click.proposal_id,
-            )
 
-    def _on_reject(self, ack: Ack, context: BoltContext) -> None:
+    def _proposed(self, proposal_id: int) -> bool:
+        """Whether the proposal can still be decided (one indexed read, before a modal opens)."""
+        try:
+            with self.engine.connect() as conn:
+                return props.get_proposal(conn, proposal_id).state == "proposed"
+        except props.ProposalError:
+            return False
+
+    def _open_reject_modal(self, ack: Ack, context: BoltContext) -> None:
         ack()
         click: payloads.ButtonClick = context["interaction"]
-        if not self._allowed(click.user_id, click.channel_id, click.proposal_id):
-            return
-        # The trigger_id expires 3 s after the click: the modal opens before anything else happens.
-        self._open(click, bk.reject_modal(click.proposal_id))
+        # The trigger_id expires 3 s after the click: the modal opens before anything slow happens.
+        if self.approvers.allows(click.user_id) and self._proposed(click.proposal_id):
+            self._open(click, bk.reject_modal(click.proposal_id))
 
-    def _on_approve_without(self, ack: Ack, context: BoltContext) -> None:
+    def _open_approve_without_modal(self, ack: Ack, context: BoltContext) -> None:
         ack()
         click: payloads.ButtonClick = context["interaction"]
-        if not self._allowed(click.user_id, click.channel_id, click.proposal_id):
+        if not self.approvers.allows(click.user_id):
             return
         try:
-            _, view = notify.load_view(self.engine, click.proposal_id)
+            summary, view = notify.load_view(self.engine, click.proposal_id)
+        except props.ProposalError:
+            return  # the lazy half tells the user
+        if summary.state == "proposed":
+            self._open(click, bk.approve_without_modal(click.proposal_id, view.moves))
+
+    def _modal_clicked(self, context: BoltContext) -> None:
+        """After a modal button: an outsider is told no, a decided or unknown proposal says so."""
+        click: payloads.ButtonClick = context["interaction"]
+        if not self._allowed(click.user_id, click.channel_id, click.proposal_id):
+            return
+        wanted = "rejected" if click.action_id == bk.ACTION_REJECT else "approved"
+        try:
+            with self.engine.connect() as conn:
+                summary = props.get_proposal(conn, click.proposal_id)
         except props.ProposalError as exc:
             self._tell(click.user_id, click.channel_id, _sentence(str(exc)), click.proposal_id)
             return
-        self._open(click, bk.approve_without_modal(click.proposal_id, view.moves))
+        if summary.state != "proposed":
+            refusal = str(props.WrongStateError(summary, wanted))
+            self._tell(click.user_id, click.channel_id, _sentence(refusal), click.proposal_id)
 
-    def _on_reject_submitted(self, ack: Ack, context: BoltContext) -> None:
-        ack()
+    def _reject_submitted(self, context: BoltContext) -> None:
         sub: payloads.ModalSubmission = context["interaction"]
         if not self._allowed(sub.user_id, None, sub.proposal_id):
             return
@@ -407,8 +431,7 @@ class SlackApproval:
             sub.proposal_id,
         )
 
-    def _on_approve_without_submitted(self, ack: Ack, context: BoltContext) -> None:
-        ack()
+    def _approve_without_submitted(self, context: BoltContext) -> None:
         sub: payloads.ModalSubmission = context["interaction"]
         if not self._allowed(sub.user_id, None, sub.proposal_id):
             return

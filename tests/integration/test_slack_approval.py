@@ -525,3 +525,27 @@ def test_socket_mode_delivers_a_click_to_the_same_handler(world: World) -> None:
     assert [c.method for c in world.fake.calls if c.method == "apps.connections.open"] == [
         "apps.connections.open"
     ]
+
+
+def test_a_modal_button_on_a_decided_proposal_opens_nothing_and_says_who_decided(world: World) -> None:
+    with world.engine.begin() as conn:
+        props.approve(conn, world.proposal_id, actor="Pat (CLI)", now=NOW)
+    app = _app(world)
+    for action in (bk.ACTION_REJECT, bk.ACTION_APPROVE_WITHOUT):
+        body = world.click(action)
+        assert post_one(app, body, world.headers(body)).status_code == 200
+    wait_for(lambda: len(ephemerals(world, APPROVER)) == 2)
+    assert world.fake.calls_of("views.open") == []
+    assert sorted(ephemerals(world, APPROVER)) == [
+        f"Proposal {world.proposal_id} is approved by Pat (CLI) at 2026-12-01T09:00:00+00:00; it cannot become {w}."
+        for w in ("approved", "rejected")
+    ]
+
+
+def test_a_click_on_an_unknown_proposal_is_answered(world: World) -> None:
+    app = _app(world)
+    payload = block_actions(bk.ACTION_APPROVE, "999", user=APPROVER, channel=CHANNEL, ts=world.ts)
+    body = form_body(payload)
+    assert post_one(app, body, world.headers(body)).status_code == 200
+    wait_for(lambda: bool(ephemerals(world, APPROVER)))
+    assert ephemerals(world, APPROVER) == ["No proposal 999."]
