@@ -42,6 +42,10 @@ log = logging.getLogger(__name__)
 GROUP_CACHE_SECONDS = 60.0
 """How long user-group members are trusted before ``usergroups.users.list`` is asked again."""
 
+SETTLED_SECONDS = 60.0
+SETTLED_MAX = 10_000
+"""A click on a proposal this process saw decided within a minute is answered without the database."""
+
 NOT_ALLOWED = "You are not one of this proposal's approvers, so your click changed nothing."
 
 
@@ -205,7 +209,7 @@ class SlackApproval:
         *,
         clock: Callable[[], dt.datetime],
         client: WebClient | None = None,
-        workers: int = 8,
+        workers: int = 4,
     ) -> None:
         if not config.bot_token:
             raise SlackNotConfiguredError("Slack needs a bot token (TERRITORY_SLACK__BOT_TOKEN)")
@@ -217,6 +221,7 @@ class SlackApproval:
         self.names = Names(self.client)
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="slack-listener")
         self._socket: SocketModeHandler | None = None
+        self._settled: dict[int, tuple[props.ProposalSummary, float]] = {}
         self.bolt = App(
             client=self.client,
             # The HTTP endpoint verifies the signature before Bolt sees the body; Socket Mode is unsigned.
@@ -224,17 +229,17 @@ class SlackApproval:
             token_verification_enabled=False,
             ssl_check_enabled=False,
             url_verification_enabled=False,
-            process_before_response=True,  # the ack functions are quick; the work is lazy
+            process_before_response=True,  # the listeners only acknowledge; the work is queued
             listener_executor=self._executor,
         )
         self.bolt.use(self._screen)
-        self.bolt.action(bk.ACTION_APPROVE)(ack=self._ack_only, lazy=[self._approve_clicked])
-        self.bolt.action(bk.ACTION_REJECT)(ack=self._open_reject_modal, lazy=[self._modal_clicked])
+        self.bolt.action(bk.ACTION_APPROVE)(self._later(self._approve_clicked))
+        self.bolt.action(bk.ACTION_REJECT)(self._later(self._modal_clicked, first=self._open_reject_modal))
         self.bolt.action(bk.ACTION_APPROVE_WITHOUT)(
-            ack=self._open_approve_without_modal, lazy=[self._modal_clicked]
+            self._later(self._modal_clicked, first=self._open_approve_without_modal)
         )
-        self.bolt.view(bk.VIEW_REJECT)(ack=self._ack_only, lazy=[self._reject_submitted])
-        self.bolt.view(bk.VIEW_APPROVE_WITHOUT)(ack=self._ack_only, lazy=[self._approve_without_submitted])
+        self.bolt.view(bk.VIEW_REJECT)(self._later(self._reject_submitted))
+        self.bolt.view(bk.VIEW_APPROVE_WITHOUT)(self._later(self._approve_without_submitted))
 
     # -- transports ----------------------------------------------------------------------------------
 
@@ -329,14 +334,28 @@ class SlackApproval:
         return False
 
     def _decide(
-        self, decide: Callable[[Any, str, dt.datetime], object], user_id: str, channel: str | None, pid: int
+        self,
+        decide: Callable[[Any, str, dt.datetime], object],
+        click: payloads.ButtonClick | payloads.ModalSubmission,
+        channel: str | None,
+        wanted: str,
     ) -> None:
         """Run one compare-and-set decision, then show it on the message or tell the user why not."""
+        pid, user_id = click.proposal_id, click.user_id
+        known = self._settled.get(pid)
+        if known is not None and time.monotonic() - known[1] < SETTLED_SECONDS:
+            # Already decided (a proposal never returns to proposed): no database round trip.
+            self._tell(user_id, channel, _sentence(str(props.WrongStateError(known[0], wanted))), pid)
+            return
         actor = self.names.actor(user_id)
         try:
             with self.engine.begin() as conn:
                 decide(conn, actor, self.clock())
         except props.ProposalError as exc:
+            if isinstance(exc, props.WrongStateError):
+                if len(self._settled) > SETTLED_MAX:
+                    self._settled.clear()
+                self._settled[pid] = (exc.proposal, time.monotonic())
             log.info(
                 "Slack decision not taken", extra={"proposal_id": pid, "user": user_id, "reason": str(exc)}
             )
@@ -348,22 +367,40 @@ class SlackApproval:
         except SlackClientError:
             log.exception("chat.update after a decision failed", extra={"proposal_id": pid})
 
-    # Each listener is an ack function, run before the answer goes back (so it only acknowledges, or
-    # opens a modal while its trigger_id is fresh), and a lazy function on the listener executor that
-    # does the rest: a burst of clicks queues decisions, never acknowledgements.
+    # Each listener acknowledges (and, for the modal buttons, opens the modal while its trigger_id is
+    # fresh) before Bolt answers, then hands the rest to the listener executor: a burst of clicks
+    # queues decisions, never acknowledgements. (Bolt's lazy listeners would do the same but deep-copy
+    # the whole request per click, which is most of an acknowledgement's cost.)
 
-    def _ack_only(self, ack: Ack) -> None:
-        ack()
+    def _later(
+        self, work: Callable[[Any], None], *, first: Callable[[Any], None] | None = None
+    ) -> Callable[[Ack, BoltContext], None]:
+        def listener(ack: Ack, context: BoltContext) -> None:
+            ack()
+            interaction = context["interaction"]
+            if first is not None:
+                first(interaction)
+            self._executor.submit(self._run, work, interaction)
 
-    def _approve_clicked(self, context: BoltContext) -> None:
-        click: payloads.ButtonClick = context["interaction"]
+        return listener
+
+    def _run(self, work: Callable[[Any], None], interaction: Any) -> None:
+        try:
+            work(interaction)
+        except Exception:
+            log.exception(
+                "a Slack interaction's handler failed",
+                extra={"proposal_id": getattr(interaction, "proposal_id", None)},
+            )
+
+    def _approve_clicked(self, click: payloads.ButtonClick) -> None:
         if not self._allowed(click.user_id, click.channel_id, click.proposal_id):
             return
         self._decide(
             lambda conn, actor, now: props.approve(conn, click.proposal_id, actor=actor, now=now),
-            click.user_id,
+            click,
             click.channel_id,
-            click.proposal_id,
+            "approved",
         )
 
     def _open(self, click: payloads.ButtonClick, view: dict[str, Any]) -> None:
@@ -383,28 +420,23 @@ class SlackApproval:
         except props.ProposalError:
             return False
 
-    def _open_reject_modal(self, ack: Ack, context: BoltContext) -> None:
-        ack()
-        click: payloads.ButtonClick = context["interaction"]
+    def _open_reject_modal(self, click: payloads.ButtonClick) -> None:
         # The trigger_id expires 3 s after the click: the modal opens before anything slow happens.
         if self.approvers.allows(click.user_id) and self._proposed(click.proposal_id):
             self._open(click, bk.reject_modal(click.proposal_id))
 
-    def _open_approve_without_modal(self, ack: Ack, context: BoltContext) -> None:
-        ack()
-        click: payloads.ButtonClick = context["interaction"]
+    def _open_approve_without_modal(self, click: payloads.ButtonClick) -> None:
         if not self.approvers.allows(click.user_id):
             return
         try:
             summary, view = notify.load_view(self.engine, click.proposal_id)
         except props.ProposalError:
-            return  # the lazy half tells the user
+            return  # the queued half tells the user
         if summary.state == "proposed":
             self._open(click, bk.approve_without_modal(click.proposal_id, view.moves))
 
-    def _modal_clicked(self, context: BoltContext) -> None:
+    def _modal_clicked(self, click: payloads.ButtonClick) -> None:
         """After a modal button: an outsider is told no, a decided or unknown proposal says so."""
-        click: payloads.ButtonClick = context["interaction"]
         if not self._allowed(click.user_id, click.channel_id, click.proposal_id):
             return
         wanted = "rejected" if click.action_id == bk.ACTION_REJECT else "approved"
@@ -418,21 +450,19 @@ class SlackApproval:
             refusal = str(props.WrongStateError(summary, wanted))
             self._tell(click.user_id, click.channel_id, _sentence(refusal), click.proposal_id)
 
-    def _reject_submitted(self, context: BoltContext) -> None:
-        sub: payloads.ModalSubmission = context["interaction"]
+    def _reject_submitted(self, sub: payloads.ModalSubmission) -> None:
         if not self._allowed(sub.user_id, None, sub.proposal_id):
             return
         self._decide(
             lambda conn, actor, now: props.reject(
                 conn, sub.proposal_id, actor=actor, now=now, reason=sub.reason
             ),
-            sub.user_id,
+            sub,
             None,
-            sub.proposal_id,
+            "rejected",
         )
 
-    def _approve_without_submitted(self, context: BoltContext) -> None:
-        sub: payloads.ModalSubmission = context["interaction"]
+    def _approve_without_submitted(self, sub: payloads.ModalSubmission) -> None:
         if not self._allowed(sub.user_id, None, sub.proposal_id):
             return
         self._decide(
@@ -444,9 +474,9 @@ class SlackApproval:
                 except_accounts=sub.excluded_accounts,
                 reason=sub.reason,
             ),
-            sub.user_id,
+            sub,
             None,
-            sub.proposal_id,
+            "approved",
         )
 
 
