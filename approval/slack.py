@@ -406,11 +406,11 @@ class SlackApproval:
     def _open(self, click: payloads.ButtonClick, view: dict[str, Any]) -> None:
         try:
             self.client.views_open(trigger_id=click.trigger_id, view=view)
-        except SlackApiError as exc:
-            log.warning(
-                "views.open failed",
-                extra={"proposal_id": click.proposal_id, "error": exc.response.get("error")},
-            )
+        except SlackClientError as exc:
+            error = exc.response.get("error") if isinstance(exc, SlackApiError) else str(exc)
+            log.warning("views.open failed", extra={"proposal_id": click.proposal_id, "error": error})
+            text = f"The dialog could not be opened ({error}); click the button again."
+            self._executor.submit(self._tell, click.user_id, click.channel_id, text, click.proposal_id)
 
     def _proposed(self, proposal_id: int) -> bool:
         """Whether the proposal can still be decided (one indexed read, before a modal opens)."""

@@ -549,3 +549,14 @@ def test_a_click_on_an_unknown_proposal_is_answered(world: World) -> None:
     assert post_one(app, body, world.headers(body)).status_code == 200
     wait_for(lambda: bool(ephemerals(world, APPROVER)))
     assert ephemerals(world, APPROVER) == ["No proposal 999."]
+
+
+def test_an_expired_trigger_is_reported_to_the_user(world: World) -> None:
+    app = _app(world)
+    body = world.click(bk.ACTION_REJECT, trigger_id="expired.1")
+    assert post_one(app, body, world.headers(body)).status_code == 200
+    wait_for(lambda: bool(ephemerals(world, APPROVER)))
+    assert ephemerals(world, APPROVER) == [
+        "The dialog could not be opened (expired_trigger_id); click the button again."
+    ]
+    assert world.summary().state == "proposed"
