@@ -230,6 +230,10 @@ def create_app(
     # Slack approvals (approval/slack.py): POST /slack/actions, and Socket Mode when an app token is set.
     slack = slack_approval.surface(settings.slack, engine, clock=clock)
 
+    async def slack_actions(request: Request) -> Response:
+        with latency.labels("slack_actions").time():
+            return await slack.http_endpoint(request)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         await run_in_threadpool(slack.start_socket_mode)
@@ -250,6 +254,6 @@ def create_app(
             Route("/metrics", metrics, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/readyz", readyz, methods=["GET"]),
-            Route("/slack/actions", slack.http_endpoint, methods=["POST"]),
+            Route("/slack/actions", slack_actions, methods=["POST"]),
         ],
     )

@@ -176,12 +176,12 @@ def _settings(world: World, **slack: Any) -> Settings:
     return Settings.model_validate({"slack": section})
 
 
-def _app(world: World, **slack: Any) -> Any:
+def _app(world: World, registry: CollectorRegistry | None = None, **slack: Any) -> Any:
     return create_app(
         _settings(world, **slack),
         world.engine,
         scheduler=_Scheduler(),
-        registry=CollectorRegistry(),
+        registry=registry or CollectorRegistry(),
         clock=world.clock,
     )
 
@@ -229,7 +229,8 @@ def test_the_posted_message_has_the_buttons_and_its_place_is_stored(world: World
 
 
 def test_approve_decides_and_updates_the_message(world: World) -> None:
-    app = _app(world)
+    registry = CollectorRegistry()
+    app = _app(world, registry)
     body = world.click(bk.ACTION_APPROVE)
     answer = post_one(app, body, world.headers(body))
     assert answer.status_code == 200
@@ -242,6 +243,10 @@ def test_approve_decides_and_updates_the_message(world: World) -> None:
     last = world.fake.messages[(CHANNEL, world.ts)]["blocks"][-1]["text"]["text"]
     assert last.startswith("*Approved* by Sam Leader (U0SAM) at 2026-12-01T09:00")
     assert not any(b["type"] == "actions" for b in world.fake.messages[(CHANNEL, world.ts)]["blocks"])
+    count = registry.get_sample_value(
+        "territory_http_request_duration_seconds_count", {"endpoint": "slack_actions"}
+    )
+    assert count == 1.0
 
 
 def test_approve_without_some_moves_opens_the_modal_then_approves_the_rest(world: World) -> None:
