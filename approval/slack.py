@@ -195,6 +195,11 @@ def _sentence(line: str) -> str:
     return line[:1].upper() + line[1:] + ("" if line.endswith(".") else ".")
 
 
+def _opens_a_modal(interaction: payloads.ButtonClick | payloads.ModalSubmission) -> bool:
+    """Whether acknowledging does I/O: the Reject and Approve-without buttons open their modal first."""
+    return isinstance(interaction, payloads.ButtonClick) and interaction.action_id != bk.ACTION_APPROVE
+
+
 def _first_headers(request: BoltRequest) -> dict[str, str]:
     return {k: v[0] for k, v in request.headers.items() if v}
 
@@ -222,6 +227,7 @@ class SlackApproval:
         self._executor = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="slack-listener")
         self._socket: SocketModeHandler | None = None
         self._settled: dict[int, tuple[props.ProposalSummary, float]] = {}
+        self._warm = False
         self.bolt = App(
             client=self.client,
             # The HTTP endpoint verifies the signature before Bolt sees the body; Socket Mode is unsigned.
@@ -263,7 +269,13 @@ class SlackApproval:
             headers={k: v for k, v in request.headers.items()},
             context={"interaction": interaction},
         )
-        answer: BoltResponse = await run_in_threadpool(self.bolt.dispatch, bolt_request)
+        if self._warm and not _opens_a_modal(interaction):
+            # Acknowledging an approval or a modal's submission does no I/O (the work is queued):
+            # dispatching on the event loop saves a thread hop that, under a burst, was the tail.
+            answer: BoltResponse = self.bolt.dispatch(bolt_request)
+        else:
+            answer = await run_in_threadpool(self.bolt.dispatch, bolt_request)
+            self._warm = self._warm or answer.status == 200  # Bolt's one-time auth.test is behind us
         headers = {k: v for k, v in answer.first_headers_without_set_cookie().items()}
         return Response(content=answer.body, status_code=answer.status, headers=headers)
 
