@@ -129,14 +129,26 @@ def show_expired(engine: Engine, client: WebClient, proposal_ids: list[int]) -> 
     return updated
 
 
-def writeback_text(proposal_id: int, *, wave: int, written: int, conflicts: int, failed: int) -> str:
-    """The thread reply for one wave's write-back (pure)."""
+def writeback_text(
+    proposal_id: int,
+    *,
+    wave: int | None,
+    written: int,
+    conflicts: int,
+    failed: int,
+    state: str | None = None,
+) -> str:
+    """The thread reply for one write-back pass (one wave, or all moves due when ``wave`` is None)."""
     parts = [f"{written} written"]
     if conflicts:
         parts.append(f"{conflicts} skipped as conflicts (the CRM owner changed since the proposal)")
     if failed:
         parts.append(f"{failed} failed")
-    return f"Proposal {proposal_id}, wave {wave}: " + ", ".join(parts) + "."
+    where = f"Proposal {proposal_id}" + (f", wave {wave}" if wave is not None else "")
+    text = f"{where}: " + ", ".join(parts) + "."
+    if state is not None:
+        text += f" The proposal is now {state.replace('_', ' ')}."
+    return text
 
 
 def post_writeback_result(
@@ -144,16 +156,23 @@ def post_writeback_result(
     client: WebClient,
     proposal_id: int,
     *,
-    wave: int,
+    wave: int | None,
     written: int,
     conflicts: int,
     failed: int,
+    state: str | None = None,
 ) -> str | None:
-    """Reply in the proposal message's thread with one wave's counts; None when it has no message."""
+    """Reply in the proposal message's thread with a pass's counts; None when it has no message.
+
+    Plain values, so the write-back worker can call it with what it counted (``ApplyReport``'s
+    ``written``, ``conflicts``, ``failed`` and, once the proposal is finished, its ``state``).
+    """
     with engine.connect() as conn:
         summary = props.get_proposal(conn, proposal_id)
     if summary.slack_channel is None or summary.slack_ts is None:
         return None
-    text = writeback_text(proposal_id, wave=wave, written=written, conflicts=conflicts, failed=failed)
+    text = writeback_text(
+        proposal_id, wave=wave, written=written, conflicts=conflicts, failed=failed, state=state
+    )
     answer = client.chat_postMessage(channel=summary.slack_channel, thread_ts=summary.slack_ts, text=text)
     return str(answer["ts"])

@@ -74,6 +74,12 @@ def test_missing_or_odd_solver_figures_are_zero_and_no_gap() -> None:
 
 
 def test_writeback_text() -> None:
+    assert notify.writeback_text(7, wave=None, written=3, conflicts=0, failed=0, state="applied") == (
+        "Proposal 7: 3 written. The proposal is now applied."
+    )
+    assert notify.writeback_text(
+        7, wave=1, written=1, conflicts=1, failed=0, state="partially_applied"
+    ).endswith("The proposal is now partially applied.")
     assert (
         notify.writeback_text(7, wave=1, written=5, conflicts=0, failed=0) == "Proposal 7, wave 1: 5 written."
     )
