@@ -283,8 +283,15 @@ class SlackApproval:
         """Open the Socket Mode connection when an app-level token is configured; True if opened."""
         if not self.config.app_token:
             return False
-        self._socket = SocketModeHandler(self.bolt, app_token=self.config.app_token, web_client=self.client)
-        self._socket.connect()  # type: ignore[no-untyped-call]
+        handler = SocketModeHandler(self.bolt, app_token=self.config.app_token, web_client=self.client)
+        try:
+            handler.connect()  # type: ignore[no-untyped-call]
+        except SlackApiError as exc:
+            error = exc.response.get("error")
+            raise SlackNotConfiguredError(
+                f"Socket Mode: Slack refused apps.connections.open ({error}); check the app-level token"
+            ) from None
+        self._socket = handler
         log.info("Slack Socket Mode connected")
         return True
 

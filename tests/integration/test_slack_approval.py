@@ -20,6 +20,7 @@ from sqlalchemy import Engine, text
 from approval import blocks as bk
 from approval import notify
 from approval import slack as slack_approval
+from approval.errors import SlackNotConfiguredError
 from connectors.sandbox.slack import FakeSlack, serve
 from connectors.sandbox.slack_socket import (
     block_actions,
@@ -565,3 +566,15 @@ def test_an_expired_trigger_is_reported_to_the_user(world: World) -> None:
         "The dialog could not be opened (expired_trigger_id); click the button again."
     ]
     assert world.summary().state == "proposed"
+
+
+def test_a_refused_app_token_stops_socket_mode_with_one_line(world: World) -> None:
+    config = slack_approval.SlackConfig(
+        bot_token=world.fake.token, app_token="xapp-wrong", base_url=world.base_url
+    )
+    surface = slack_approval.SlackApproval(config, world.engine, clock=world.clock)
+    try:
+        with pytest.raises(SlackNotConfiguredError, match=r"refused apps.connections.open \(invalid_auth\)"):
+            surface.start_socket_mode()
+    finally:
+        surface.close()
