@@ -221,6 +221,12 @@ class SocketModeServer:
                     self._clients.remove(conn)
             conn.close()
 
+    @property
+    def connections(self) -> int:
+        """How many clients are connected now."""
+        with self._changed:
+            return len(self._clients)
+
     def wait_connected(self, timeout: float = 10) -> None:
         """Block until a client has connected (and been greeted)."""
         with self._changed:

@@ -5,7 +5,10 @@ against a fake Socket Mode server."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
+import socket
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -13,6 +16,7 @@ from typing import Any
 
 import httpx
 import pytest
+import uvicorn
 from prometheus_client import CollectorRegistry
 from slack_sdk import WebClient
 from sqlalchemy import Engine, text
@@ -578,3 +582,39 @@ def test_a_refused_app_token_stops_socket_mode_with_one_line(world: World) -> No
             surface.start_socket_mode()
     finally:
         surface.close()
+
+
+@contextlib.contextmanager
+def _uvicorn(app: Any) -> Iterator[str]:
+    """The app under a real uvicorn (lifespan included) on a free loopback port."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(app, log_config=None, access_log=False, lifespan="on"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    wait_for(lambda: server.started)
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+
+
+def test_the_app_opens_socket_mode_at_start_up_when_an_app_token_is_set(world: World) -> None:
+    with serve_socket_mode() as server:
+        world.fake.socket_url = server.url
+        app = _app(world, signing_secret=None, app_token=world.fake.app_token)
+        with _uvicorn(app) as url:  # the lifespan connects Socket Mode
+            server.wait_connected()
+            payload = block_actions(
+                bk.ACTION_APPROVE, str(world.proposal_id), user=APPROVER, channel=CHANNEL, ts=world.ts
+            )
+            envelope = server.deliver(payload)
+            assert server.wait_ack(envelope) == {"envelope_id": envelope}
+            wait_for(lambda: bool(world.fake.calls_of("chat.update")))
+            assert world.summary().state == "approved"
+            # No signing secret: HTTP clicks are refused, Socket Mode is the only way in.
+            body = world.click(bk.ACTION_APPROVE)
+            answer = httpx.post(f"{url}/slack/actions", content=body, headers=world.headers(body))
+            assert answer.status_code == 503
+        wait_for(lambda: server.connections == 0)  # closed at shutdown
