@@ -618,3 +618,22 @@ def test_the_app_opens_socket_mode_at_start_up_when_an_app_token_is_set(world: W
             answer = httpx.post(f"{url}/slack/actions", content=body, headers=world.headers(body))
             assert answer.status_code == 503
         wait_for(lambda: server.connections == 0)  # closed at shutdown
+
+
+@pytest.mark.parametrize(
+    ("excluded", "told"),
+    [
+        (("001A", "001B", "001C"), "Excluding every move of proposal {pid} is a rejection; reject it."),
+        (("001Z",), "Proposal {pid} does not move 001Z."),
+    ],
+)
+def test_approve_without_that_cannot_be_taken_is_explained(
+    world: World, excluded: tuple[str, ...], told: str
+) -> None:
+    app = _app(world)
+    body = world.submit(bk.VIEW_APPROVE_WITHOUT, reason="because", excluded=excluded)
+    assert post_one(app, body, world.headers(body)).status_code == 200
+    wait_for(lambda: bool(ephemerals(world, APPROVER)))
+    assert ephemerals(world, APPROVER) == [told.format(pid=world.proposal_id)]
+    assert world.summary().state == "proposed"
+    assert world.fake.calls_of("chat.postEphemeral")[0].args["channel"] == CHANNEL  # the stored channel
