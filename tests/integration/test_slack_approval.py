@@ -637,3 +637,26 @@ def test_approve_without_that_cannot_be_taken_is_explained(
     assert ephemerals(world, APPROVER) == [told.format(pid=world.proposal_id)]
     assert world.summary().state == "proposed"
     assert world.fake.calls_of("chat.postEphemeral")[0].args["channel"] == CHANNEL  # the stored channel
+
+
+def test_an_approver_slack_cannot_name_is_recorded_by_id(world: World) -> None:
+    app = _app(world, approvers=["U0NEW"])
+    body = world.click(bk.ACTION_APPROVE, user="U0NEW")
+    assert post_one(app, body, world.headers(body)).status_code == 200
+    wait_for(lambda: bool(world.fake.calls_of("chat.update")))
+    assert (world.summary().state, world.summary().decided_by) == ("approved", "U0NEW")
+
+
+def test_a_decided_proposal_is_not_posted(world: World) -> None:
+    with world.engine.begin() as conn:
+        pid, _ = props.create_proposal(
+            conn,
+            scenario="other",
+            fingerprint="fp-other",
+            now=NOW,
+            moves=[props.NewMove("001A", "005A", "005B", "005A", "r")],
+        )
+        props.reject(conn, pid, actor="Pat", now=NOW, reason="no")
+    with pytest.raises(props.WrongStateError, match="is rejected by Pat"):
+        notify.post_proposal(world.engine, world.client(), channel=CHANNEL, proposal_id=pid)
+    assert len(world.fake.calls_of("chat.postMessage")) == 1  # only the fixture's
