@@ -26,6 +26,9 @@ from slack_bolt.adapter.socket_mode import SocketModeHandler
 from slack_sdk import WebClient
 from slack_sdk.errors import SlackApiError, SlackClientError
 from slack_sdk.http_retry.builtin_handlers import ConnectionErrorRetryHandler, RateLimitErrorRetryHandler
+from slack_sdk.socket_mode.builtin import SocketModeClient
+from slack_sdk.socket_mode.request import SocketModeRequest
+from slack_sdk.socket_mode.response import SocketModeResponse
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
@@ -204,6 +207,32 @@ def _first_headers(request: BoltRequest) -> dict[str, str]:
     return {k: v[0] for k, v in request.headers.items() if v}
 
 
+def _screen_envelope(req: SocketModeRequest) -> None:
+    """Raise unless the envelope is an ``interactive`` one carrying one of our interactions."""
+    if req.type != "interactive" or not isinstance(req.payload, dict):
+        raise MalformedPayloadError(f"unexpected Socket Mode envelope type {req.type!r}")
+    payloads.parse_interaction(req.payload)
+
+
+class _ScreenedSocketMode(SocketModeHandler):
+    """Bolt's Socket Mode handler, screening envelopes as the HTTP endpoint screens bodies.
+
+    Only ``interactive`` envelopes carrying one of our interactions reach Bolt (whose built-in
+    middleware fails on some malformed payloads); anything else is acknowledged, so Slack does not
+    redeliver it, logged, and ignored.
+    """
+
+    def handle(self, client: SocketModeClient, req: SocketModeRequest) -> None:  # type: ignore[override]
+        """Screen one envelope, then hand it to Bolt."""
+        try:
+            _screen_envelope(req)
+        except MalformedPayloadError as exc:
+            log.warning("Socket Mode envelope ignored", extra={"reason": str(exc)})
+            client.send_socket_mode_response(SocketModeResponse(envelope_id=req.envelope_id))
+            return
+        super().handle(client, req)
+
+
 class SlackApproval:
     """The Bolt app, its handlers, and the two ways clicks reach it."""
 
@@ -283,7 +312,7 @@ class SlackApproval:
         """Open the Socket Mode connection when an app-level token is configured; True if opened."""
         if not self.config.app_token:
             return False
-        handler = SocketModeHandler(self.bolt, app_token=self.config.app_token, web_client=self.client)
+        handler = _ScreenedSocketMode(self.bolt, app_token=self.config.app_token, web_client=self.client)
         try:
             handler.connect()  # type: ignore[no-untyped-call]
         except SlackApiError as exc:
@@ -307,7 +336,7 @@ class SlackApproval:
     def _screen(
         self, req: BoltRequest, context: BoltContext, next: Callable[[], BoltResponse]
     ) -> BoltResponse:
-        """Slack's redeliveries are acknowledged and dropped; anything but our interactions is a 400."""
+        """Slack's redeliveries are acknowledged and dropped; anything but our interactions is refused."""
         try:
             retry = signature.retry_number(_first_headers(req))
         except BadSignatureError as exc:

@@ -372,6 +372,7 @@ def test_an_unresolvable_group_fails_closed(world: World) -> None:
         ("proposal id not a number", 400),
         ("unknown view", 400),
         ("blank reason", 400),
+        ("retry number not a number", 400),
     ],
 )
 def test_refused_requests_change_nothing(world: World, case: str, status: int) -> None:
@@ -418,6 +419,9 @@ def test_refused_requests_change_nothing(world: World, case: str, status: int) -
         elif case == "blank reason":
             body = world.submit(bk.VIEW_REJECT, reason="   ")
         headers = world.headers(body)
+        if case == "retry number not a number":
+            body = world.click(bk.ACTION_APPROVE)
+            headers = {**world.headers(body), "X-Slack-Retry-Num": "soon"}
     answer = post_one(app, body, headers)
     assert answer.status_code == status, answer.text
     settle()
@@ -524,6 +528,11 @@ def test_socket_mode_delivers_a_click_to_the_same_handler(world: World) -> None:
             assert server.wait_ack(envelope) == {"envelope_id": envelope}
             wait_for(lambda: bool(world.fake.calls_of("chat.update")))
             assert world.summary().state == "approved"
+            # Something that is not our interaction is acknowledged (else Slack redelivers) and ignored.
+            odd = server.deliver({"type": "block_actions", "user": {"id": APPROVER}, "actions": []})
+            assert server.wait_ack(odd) == {"envelope_id": odd}
+            event = server.deliver({"type": "event_callback"}, kind="events_api")
+            assert server.wait_ack(event) == {"envelope_id": event}
             # A redelivery (retry_attempt 1) is acknowledged and changes nothing.
             again = server.deliver(payload, retry=1)
             assert server.wait_ack(again)["envelope_id"] == again
