@@ -365,6 +365,7 @@ def test_an_unresolvable_group_fails_closed(world: World) -> None:
         ("future timestamp", 401),
         ("replayed after the window", 401),
         ("no signature", 401),
+        ("timestamp not a number", 401),
         ("malformed payload", 400),
         ("not a form", 400),
         ("unknown action id", 400),
@@ -397,6 +398,8 @@ def test_refused_requests_change_nothing(world: World, case: str, status: int) -
         world.clock.now = NOW + dt.timedelta(minutes=6)  # the captured approve is replayed 6 minutes later
     elif case == "no signature":
         del headers["X-Slack-Signature"]
+    elif case == "timestamp not a number":
+        headers["X-Slack-Request-Timestamp"] = "soon"
     else:
         payload = block_actions(
             bk.ACTION_APPROVE, str(world.proposal_id), user=APPROVER, channel=CHANNEL, ts=world.ts
