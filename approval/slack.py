@@ -2,11 +2,12 @@
 
 Both transports end in the same ``slack_bolt.App``. HTTP (``POST /slack/actions``) is a small Starlette
 endpoint that verifies the raw body with :mod:`approval.signature` before anything parses it, refuses
-malformed payloads and unknown actions with 400, and runs Bolt's (synchronous) dispatch in the thread
-pool. Bolt's own request verification is off because that endpoint already did it (each rule once);
-Socket Mode needs none (the websocket is opened with the app-level token). Every listener acknowledges
-first and decides after: the decision is the store's compare-and-set, so a second click, a retry or a
-second replica decides nothing twice.
+malformed payloads and unknown actions with 400, and runs Bolt's (synchronous) dispatch on the event
+loop when acknowledging does no I/O, else in the thread pool. Bolt's own request verification is off
+because that endpoint already did it (each rule once). Socket Mode needs none (the websocket is opened
+with the app-level token); its envelopes are screened the same way before Bolt sees them. Every
+listener acknowledges first and decides after, on a small executor: the decision is the store's
+compare-and-set, so a second click, a retry or a second replica decides nothing twice.
 """
 
 from __future__ import annotations
