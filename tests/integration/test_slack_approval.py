@@ -672,3 +672,18 @@ def test_a_decided_proposal_is_not_posted(world: World) -> None:
     with pytest.raises(props.WrongStateError, match="is rejected by Pat"):
         notify.post_proposal(world.engine, world.client(), channel=CHANNEL, proposal_id=pid)
     assert len(world.fake.calls_of("chat.postMessage")) == 1  # only the fixture's
+
+
+def test_a_rate_limited_chat_update_is_retried_after_retry_after(world: World) -> None:
+    world.fake.rate_limit("chat.update", times=1, retry_after=1)
+    app = _app(world)
+    body = world.click(bk.ACTION_APPROVE)
+    started = time.monotonic()
+    assert post_one(app, body, world.headers(body)).status_code == 200
+    wait_for(lambda: len(world.fake.calls_of("chat.update")) == 2)
+    assert time.monotonic() - started >= 1.0
+    wait_for(
+        lambda: world.fake.messages[(CHANNEL, world.ts)]["blocks"][-1]["text"]["text"].startswith(
+            "*Approved*"
+        )
+    )
