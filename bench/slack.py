@@ -198,6 +198,13 @@ def _decisions(url: str) -> dict[int, int]:
     return {int(pid): int(n) for pid, n in rows}
 
 
+def _receive(pipe: Pipe, who: str, timeout: float = 120) -> Any:
+    """The next message from a child, or exit when it says nothing in ``timeout`` (it died)."""
+    if not pipe.poll(timeout):
+        raise SystemExit(f"{who} did not answer within {timeout:.0f} s")
+    return pipe.recv()
+
+
 def _pct(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))] * 1000
@@ -223,12 +230,12 @@ def main() -> None:
         slack_child = spawn.Process(target=_slack, args=(slack_child_end,), daemon=True)
         slack_child.start()
         children.append(slack_child)
-        slack = slack_end.recv()
+        slack = _receive(slack_end, "the fake Slack")
         here, there = spawn.Pipe()
         child = spawn.Process(target=_serve, args=(url, secret, slack, there), daemon=True)
         child.start()
         children.append(child)
-        ready = here.recv()
+        ready = _receive(here, "the app")
         clicks = [
             (pid, APPROVERS[n % len(APPROVERS)], ready["ts"][pid])
             for pid in ids
@@ -248,7 +255,7 @@ def main() -> None:
             time.sleep(0.05)
         drained = time.perf_counter() - started
         here.send("stop")
-        app_cpu = here.recv()["cpu"]
+        app_cpu = _receive(here, "the app")["cpu"]
         slack_end.send("stop")
         counts = slack_end.recv()
         decided = _decisions(url)
