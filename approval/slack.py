@@ -116,6 +116,18 @@ def make_client(token: str, *, base_url: str | None = None, timeout: int = 10) -
     )
 
 
+def client_for(section: SlackSection) -> WebClient | None:
+    """The Web API client of the settings, or None without a bot token (then the CLI decides alone).
+
+    For the daemon's jobs and the CLI: ``notify.post_proposal`` once a proposal is stored,
+    ``notify.show_decision`` after a decision taken elsewhere, ``notify.expire_and_show`` on a schedule.
+    """
+    config = SlackConfig.from_section(section)
+    if not config.bot_token:
+        return None
+    return make_client(config.bot_token, base_url=config.base_url)
+
+
 class Approvers:
     """Who may decide: configured user ids, and members of configured user groups (cached a while).
 

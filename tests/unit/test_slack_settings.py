@@ -79,3 +79,12 @@ def test_which_surface(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], con
     assert isinstance(surface, slack_approval.SlackApproval) is configured
     assert isinstance(surface, slack_approval.NotConfigured) is not configured
     surface.close()  # type: ignore[attr-defined]
+
+
+def test_a_client_only_with_a_bot_token(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert slack_approval.client_for(load_settings().slack) is None
+    monkeypatch.setenv("TERRITORY_SLACK__BOT_TOKEN", "xoxb-1")
+    monkeypatch.setenv("TERRITORY_SLACK__API_URL", "http://127.0.0.1:9/api/")
+    client = slack_approval.client_for(load_settings().slack)
+    assert client is not None
+    assert (client.token, client.base_url) == ("xoxb-1", "http://127.0.0.1:9/api/")
