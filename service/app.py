@@ -26,6 +26,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from approval import slack as slack_approval
 from service import webhooks
 from service.http_limits import BodyLimit
 from service.settings import Settings, WebhookSettings
@@ -274,17 +275,27 @@ def create_app(
 ) -> Starlette:
     """The ASGI app; ``registry`` is what /metrics exposes (the webhook counters are added to it)."""
     writer = RequestWriter(engine)
-    hubspot_webhook = HubSpotWebhook(settings.webhooks, writer, _HttpMetrics.on(registry), clock)
+    http_metrics = _HttpMetrics.on(registry)
+    hubspot_webhook = HubSpotWebhook(settings.webhooks, writer, http_metrics, clock)
     probes = Probes(engine, scheduler, settings.scheduler.heartbeat_max_age_seconds)
     exposition = SharedRendering(lambda: generate_latest(registry), settings.server.metrics_cache_seconds)
 
     async def metrics(request: Request) -> Response:
         return Response(await exposition.get(), media_type=CONTENT_TYPE_LATEST)
 
+    # Slack approvals (approval/slack.py): POST /slack/actions, and Socket Mode when an app token is set.
+    slack = slack_approval.surface(settings.slack, engine, clock=clock)
+
+    async def slack_actions(request: Request) -> Response:
+        with http_metrics.latency.labels("slack_actions").time():
+            return await slack.http_endpoint(request)
+
     @contextlib.asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        await run_in_threadpool(slack.start_socket_mode)
         yield
         await writer.close()
+        await run_in_threadpool(slack.close)
 
     limits = Middleware(
         BodyLimit,
@@ -299,5 +310,6 @@ def create_app(
             Route("/metrics", metrics, methods=["GET"]),
             Route("/healthz", probes.healthz, methods=["GET"]),
             Route("/readyz", probes.readyz, methods=["GET"]),
+            Route("/slack/actions", slack_actions, methods=["POST"]),
         ],
     )

@@ -142,6 +142,23 @@ class WebhookSettings(Section):
     )
 
 
+class SlackSettings(Section):
+    """Slack approvals; the tokens and the signing secret come from the environment only."""
+
+    channel: str | None = Field(None, description="channel id proposals are posted to; unset: CLI only")
+    approvers: list[str] = Field(default_factory=list, description="Slack user ids who may decide")
+    approver_groups: list[str] = Field(
+        default_factory=list, description="Slack user group ids whose members may decide"
+    )
+    expiry_days: int = Field(14, gt=0, description="a proposal not decided in this many days expires")
+    bot_token: SecretStr | None = Field(None, description="xoxb- bot token (environment only)")
+    signing_secret: SecretStr | None = Field(
+        None, description="request signing secret; unset: POST /slack/actions answers 503"
+    )
+    app_token: SecretStr | None = Field(None, description="xapp- app-level token: Socket Mode when set")
+    api_url: str = Field("https://slack.com/api/", description="the Slack Web API's base URL")
+
+
 class TouchesSettings(Section):
     """Expected touches a quarter per account of each tier: the workload model (docs/metrics.md)."""
 
@@ -273,6 +290,7 @@ class Settings(BaseSettings):
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
     writeback: WritebackSettings = Field(default_factory=WritebackSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    slack: SlackSettings = Field(default_factory=SlackSettings)
 
     @field_validator("*", mode="before")
     @classmethod

@@ -18,7 +18,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from store import outbox
 from store.errors import StoreError
-from store.models import Account, AuditLog, Opportunity, Override, Proposal, ProposalMove
+from store.models import Account, AuditLog, Opportunity, Override, Owner, Proposal, ProposalMove
 
 TRANSITIONS: dict[str, frozenset[str]] = {
     "proposed": frozenset({"approved", "rejected", "expired", "superseded"}),
@@ -30,7 +30,6 @@ TRANSITIONS: dict[str, frozenset[str]] = {
 """The state machine of docs/approval.md: the states each state may move to."""
 
 DEFAULT_COOLDOWN = dt.timedelta(days=90)
-DEFAULT_EXPIRY = dt.timedelta(days=14)  # an undecided proposal expires this long after it is made
 
 
 class ProposalError(StoreError):
@@ -353,6 +352,43 @@ def show_proposal(conn: Connection, proposal_id: int) -> ProposalDetail:
         solver_report=extra.solver_report,
         waves=extra.waves,
     )
+
+
+@dataclass(frozen=True)
+class MoveLabel:
+    """How a move reads to a person: the account's and owners' names and the account's ARR."""
+
+    account_name: str
+    from_owner: str
+    to_owner: str
+    arr: float
+
+
+def move_labels(conn: Connection, proposal_id: int) -> dict[str, MoveLabel]:
+    """The names behind a proposal's moves, by account id (ids stand in for rows that are gone)."""
+    acc = Account.__table__
+    own = Owner.__table__
+    src = own.alias("src")
+    dst = own.alias("dst")
+    rows = conn.execute(
+        select(
+            _M.c.account_id,
+            func.coalesce(acc.c.name, _M.c.account_id).label("account_name"),
+            func.coalesce(src.c.name, _M.c.from_owner_id).label("from_owner"),
+            func.coalesce(dst.c.name, _M.c.to_owner_id).label("to_owner"),
+            func.coalesce(acc.c.arr, 0).label("arr"),
+        )
+        .select_from(
+            _M.outerjoin(acc, acc.c.id == _M.c.account_id)
+            .outerjoin(src, src.c.id == _M.c.from_owner_id)
+            .outerjoin(dst, dst.c.id == _M.c.to_owner_id)
+        )
+        .where(_M.c.proposal_id == proposal_id)
+    ).mappings()
+    return {
+        r["account_id"]: MoveLabel(r["account_name"], r["from_owner"], r["to_owner"], float(r["arr"]))
+        for r in rows
+    }
 
 
 def _known_states() -> set[str]:

@@ -33,6 +33,9 @@ class FakeSlack:
     """The state of the fake workspace and the record of calls."""
 
     token: str = "xoxb-test-token"  # noqa: S105 - a fake workspace's token, not a secret
+    app_token: str = "xapp-test-token"  # noqa: S105 - the app-level token apps.connections.open takes
+    socket_url: str | None = None
+    """What ``apps.connections.open`` answers: the Socket Mode server's ws:// URL (see slack_socket.py)."""
     users: dict[str, dict[str, Any]] = field(default_factory=dict)
     usergroups: dict[str, list[str]] = field(default_factory=dict)
     channels: set[str] = field(default_factory=lambda: {"C0APPROVAL"})
@@ -131,7 +134,17 @@ def _auth_test(slack: FakeSlack, args: dict[str, Any]) -> dict[str, Any]:
     }
 
 
+def _connections_open(slack: FakeSlack, args: dict[str, Any]) -> dict[str, Any]:
+    if slack.socket_url is None:
+        return _err("socket_mode_not_enabled")
+    return {"ok": True, "url": slack.socket_url}
+
+
+APP_TOKEN_METHODS = frozenset({"apps.connections.open"})
+"""Methods called with the app-level token instead of the bot token."""
+
 METHODS: dict[str, Handler] = {
+    "apps.connections.open": _connections_open,
     "chat.postMessage": _post_message,
     "chat.update": _update,
     "chat.postEphemeral": _ephemeral,
@@ -181,7 +194,7 @@ def _app(slack: FakeSlack) -> App:
                 return _answer(404, _err("unknown_method"))
             if not token:
                 return _answer(200, _err("not_authed"))
-            if token != slack.token:
+            if token != (slack.app_token if method in APP_TOKEN_METHODS else slack.token):
                 return _answer(200, _err("invalid_auth"))
             pending = slack.rate_limits.get(method)
             if pending:

@@ -146,12 +146,12 @@ def revert_command(
 ) -> None:
     """Propose moving the written accounts of an applied proposal back (approve it like any other)."""
     from approval import decisions
-    from store.proposals import DEFAULT_EXPIRY
 
+    expiry = dt.timedelta(days=settings_of(ctx).slack.expiry_days)
     _run(
         ctx,
         output,
         lambda engine: decisions.revert(
-            engine, proposal_id, actor=actor or getpass.getuser(), now=_now(), expires_in=DEFAULT_EXPIRY
+            engine, proposal_id, actor=actor or getpass.getuser(), now=_now(), expires_in=expiry
         ),
     )

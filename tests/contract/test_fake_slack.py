@@ -10,6 +10,7 @@ from slack_sdk.errors import SlackApiError
 from slack_sdk.http_retry.builtin_handlers import RateLimitErrorRetryHandler
 
 from approval import blocks as bk
+from approval.slack import Approvers
 from connectors.sandbox.slack import FakeSlack, serve
 
 TOKEN = "xoxb-test-token"
@@ -98,3 +99,33 @@ def test_429_with_retry_after(slack: tuple[FakeSlack, WebClient]) -> None:
     )
     assert retrying.chat_postMessage(channel="C0APPROVAL", text="x")["ok"] is True
     assert len(fake.calls_of("chat.postMessage")) == 3
+
+
+def test_approvers_resolve_groups_once_per_max_age_and_fail_closed(
+    slack: tuple[FakeSlack, WebClient],
+) -> None:
+    fake, client = slack
+    fake.usergroups["S2"] = ["U2"]
+    clock = [0.0]
+    approvers = Approvers(client, ["U9"], ["S1", "S2", "S404"], max_age=60, monotonic=lambda: clock[0])
+    assert approvers.allows("U1")
+    assert approvers.allows("U2")
+    assert approvers.allows("U9")
+    assert not approvers.allows("U3")
+    assert not approvers.allows("")
+    assert len(fake.calls_of("usergroups.users.list")) == 3  # once per group, the unknown one included
+    fake.usergroups["S1"] = []
+    clock[0] = 59.0
+    assert approvers.allows("U1")  # still cached
+    clock[0] = 61.0
+    assert not approvers.allows("U1")  # removed from the group: refused after the cache's age
+    assert len(fake.calls_of("usergroups.users.list")) == 6
+    assert approvers.allows("U9")  # a configured id needs no lookup
+    assert len(fake.calls_of("usergroups.users.list")) == 6
+
+
+def test_with_nobody_configured_nobody_is_an_approver(slack: tuple[FakeSlack, WebClient]) -> None:
+    fake, client = slack
+    approvers = Approvers(client, [], [])
+    assert not approvers.allows("U1")
+    assert fake.calls_of("usergroups.users.list") == []
