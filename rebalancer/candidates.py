@@ -25,6 +25,7 @@ from rebalancer.model import (
 from rebalancer.problem import BoolArray, FloatArray, IntArray, Secondary
 
 _FAR_KM = 1.0e5
+BREACHING_OFFER = 4  # a breaching territory offers this many times more accounts than a neighbour
 
 
 def _home_km(c: Compiled, a: IntArray, b: IntArray) -> FloatArray:
@@ -138,7 +139,7 @@ def candidate_instance(
         arcs_to.append(recv_inv[order].ravel()[keep])
     for t, ns in zip(involved.tolist(), near, strict=True):
         targets = np.array(sorted(set(ns.tolist()) | extra[t]), dtype=np.int64)
-        offer = _offer(c, t, targets, per_territory)
+        offer = _offer(c, t, targets, per_territory * (BREACHING_OFFER if t in brs else 1))
         if len(offer) == 0 or len(targets) == 0:
             continue
         accounts.append(offer)
