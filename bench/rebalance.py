@@ -223,7 +223,7 @@ def run_size(name: str, seed: int, time_limit: float) -> None:
     breaching = int((c.violation(c.base).sum(axis=0) > 0).sum())
     print(f"\n== {name}: {accounts:,} accounts, {reps:,} reps, {drifting} made to drift (seed {seed})")
     print(
-        f"org built in {time.perf_counter() - started:.1f} s; outside a band or limit: {breaching} territories"
+        f"org built in {time.perf_counter() - started:.1f} s; {breaching} territories outside a band"
     )
     print(f"band violation before: {total_violation(c, c.owner):.3f}")
     with tempfile.NamedTemporaryFile(suffix=".pickle", delete=False) as f:
