@@ -40,6 +40,7 @@ from connectors.sandbox.generator import DEFAULT_NOW, generate_org
 from monitor.drift import DEFAULT_RULES
 from monitor.metrics import haversine_km
 from rebalancer.frames import problem_of
+from rebalancer.highs import instance_violation
 from rebalancer.model import compile_problem
 from rebalancer.problem import Problem, Scenario
 from rebalancer.propose import propose, total_violation
@@ -185,6 +186,38 @@ def realignment_moves(problem: Problem, scenario: Scenario) -> int:
     return moved
 
 
+def compare_solvers(problem: Problem, scenario: Scenario, time_limit: float) -> None:
+    """HiGHS and CP-SAT on the same instances (the groups of regions), one after the other."""
+    from bench.cpsat import CpsatModel
+    from rebalancer.candidates import candidate_instance
+    from rebalancer.heuristic import Limits
+    from rebalancer.propose import _groups
+    from rebalancer.solve import solve_instance
+
+    c = compile_problem(problem, scenario)
+    limits = Limits(scenario.max_moves_per_territory, scenario.max_moves)
+    totals = {"highs": np.zeros(4), "cp-sat": np.zeros(4)}
+    statuses: dict[str, set[str]] = {"highs": set(), "cp-sat": set()}
+    for group in _groups(c):
+        inst = candidate_instance(c, group)
+        if inst is None:
+            continue
+        started = time.perf_counter()
+        h = solve_instance(inst, limits, time_limit)
+        seconds = time.perf_counter() - started
+        violation = instance_violation(inst, h.chosen) if h.chosen is not None else float("inf")
+        totals["highs"] += (h.moves.objective, h.moves.bound, violation, seconds)
+        statuses["highs"].add(h.moves.status)
+        r = CpsatModel(inst, limits).solve(time_limit)
+        totals["cp-sat"] += (r.moves, r.bound, r.violation, r.seconds)
+        statuses["cp-sat"].add(r.status.lower())
+    for key, (moves, bound, violation, seconds) in totals.items():
+        print(
+            f"  {key:>6}: {moves:.0f} moves, bound {bound:.1f}, violation {violation:.3f}, "
+            f"{seconds:.1f} s, status {'/'.join(sorted(statuses[key]))}"
+        )
+
+
 def child(path: str, time_limit: float, curve: bool) -> None:
     """The measuring process: solve the pickled problem and print one JSON line."""
     problem = pickle.loads(Path(path).read_bytes())  # noqa: S301 - the benchmark's own file
@@ -214,7 +247,7 @@ def child(path: str, time_limit: float, curve: bool) -> None:
     print(json.dumps(report))
 
 
-def run_size(name: str, seed: int, time_limit: float) -> None:
+def run_size(name: str, seed: int, time_limit: float, compare: bool) -> None:
     accounts, reps, drifting = SIZES[name]
     started = time.perf_counter()
     problem = drifting_org(accounts, reps, drifting, seed)
@@ -222,9 +255,7 @@ def run_size(name: str, seed: int, time_limit: float) -> None:
     c = compile_problem(problem, scenario)
     breaching = int((c.violation(c.base).sum(axis=0) > 0).sum())
     print(f"\n== {name}: {accounts:,} accounts, {reps:,} reps, {drifting} made to drift (seed {seed})")
-    print(
-        f"org built in {time.perf_counter() - started:.1f} s; {breaching} territories outside a band"
-    )
+    print(f"org built in {time.perf_counter() - started:.1f} s; {breaching} territories outside a band")
     print(f"band violation before: {total_violation(c, c.owner):.3f}")
     with tempfile.NamedTemporaryFile(suffix=".pickle", delete=False) as f:
         f.write(pickle.dumps(problem))
@@ -239,6 +270,9 @@ def run_size(name: str, seed: int, time_limit: float) -> None:
     report = json.loads(out.stdout.strip().splitlines()[-1])
     _print(report)
     print(f"from-scratch re-alignment would move {realignment_moves(problem, scenario):,} accounts")
+    if compare:
+        print("solvers on the same instances (sequential; CP-SAT with 2 workers, HiGHS 1 thread):")
+        compare_solvers(problem, scenario, time_limit)
 
 
 def _print(r: dict[str, Any]) -> None:
@@ -268,12 +302,13 @@ def main() -> None:
     parser.add_argument("--time-limit", type=float, default=60.0)
     parser.add_argument("--child")
     parser.add_argument("--curve", action="store_true")
+    parser.add_argument("--compare", action="store_true", help="also solve with CP-SAT (small, medium)")
     args = parser.parse_args()
     if args.child:
         child(args.child, args.time_limit, args.curve)
         return
     for name in args.sizes.split(","):
-        run_size(name, args.seed, args.time_limit)
+        run_size(name, args.seed, args.time_limit, args.compare and name != "large")
 
 
 if __name__ == "__main__":
