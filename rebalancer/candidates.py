@@ -92,9 +92,22 @@ def _orphan_km(c: Compiled, orphans: IntArray, recv: IntArray, allowed: BoolArra
     return np.where(ok, km, np.inf)
 
 
-def _offer(c: Compiled, t: int, others: IntArray, per_territory: int) -> IntArray:
-    """Movable accounts of territory ``t``, those nearest to its neighbours (relative to home) first."""
-    mine = np.flatnonzero((c.owner == t) & (c.lock == FREE))
+class _Movable:
+    """The movable accounts of each territory, found once (an org has up to millions of accounts)."""
+
+    def __init__(self, c: Compiled) -> None:
+        free = np.flatnonzero((c.lock == FREE) & (c.owner >= 0))
+        owner = c.owner[free]
+        order = np.argsort(owner, kind="stable")
+        self.accounts = free[order]
+        self.cuts = np.searchsorted(owner[order], np.arange(c.n_territories + 1))
+
+    def of(self, t: int) -> IntArray:
+        return self.accounts[self.cuts[t] : self.cuts[t + 1]]
+
+
+def _offer(c: Compiled, t: int, mine: IntArray, others: IntArray, per_territory: int) -> IntArray:
+    """Movable accounts ``mine`` of territory ``t``, those nearest to its neighbours (vs home) first."""
     if len(mine) <= per_territory or len(others) == 0:
         return mine
     home = _account_km(c, mine, np.array([t]))[:, 0]
@@ -130,6 +143,7 @@ def candidate_instance(
     arcs_from: list[IntArray] = []
     arcs_to: list[IntArray] = []
     recv_inv = involved[recv[involved]]
+    movable = _Movable(c)
     if len(orphans) and len(recv_inv):
         km = _orphan_km(c, orphans, recv_inv, allowed)
         order = np.argsort(km, axis=1, kind="stable")[:, :per_account]
@@ -139,7 +153,7 @@ def candidate_instance(
         arcs_to.append(recv_inv[order].ravel()[keep])
     for t, ns in zip(involved.tolist(), near, strict=True):
         targets = np.array(sorted(set(ns.tolist()) | extra[t]), dtype=np.int64)
-        offer = _offer(c, t, targets, per_territory * (BREACHING_OFFER if t in brs else 1))
+        offer = _offer(c, t, movable.of(t), targets, per_territory * (BREACHING_OFFER if t in brs else 1))
         if len(offer) == 0 or len(targets) == 0:
             continue
         accounts.append(offer)
@@ -227,4 +241,66 @@ def _instance(c: Compiled, terr: IntArray, acc: IntArray, arc_a: IntArray, arc_t
         room=room,
         cost=np.where(orphan, 0.0, c.weight[acc]),
         orphan=orphan,
+    )
+
+
+def split(inst: Instance) -> list[Instance]:
+    """The instance cut into its independent parts: territories linked by no arc share no constraint
+    (the bands are fixed numbers), so each part is solved alone and the parts in parallel."""
+    n_t = len(inst.terr)
+    parent = np.arange(n_t)
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = int(parent[i])
+        return i
+
+    src = inst.src[inst.arc_acc]
+    first_to = np.full(len(inst.acc), -1, dtype=np.int64)
+    for a, f, t in zip(inst.arc_acc.tolist(), src.tolist(), inst.arc_to.tolist(), strict=True):
+        other = f if f >= 0 else int(first_to[a])
+        if first_to[a] < 0:
+            first_to[a] = t
+        if other >= 0:
+            parent[find(other)] = find(t)
+    roots = np.array([find(i) for i in range(n_t)])
+    has_arc = np.zeros(n_t, dtype=bool)
+    has_arc[inst.arc_to] = True
+    has_arc[src[src >= 0]] = True
+    parts = [np.flatnonzero((roots == r) & has_arc) for r in np.unique(roots[has_arc])]
+    if len(parts) <= 1:
+        return [inst]
+    return [_part(inst, p) for p in parts]
+
+
+def _part(inst: Instance, terr: IntArray) -> Instance:
+    """The sub-instance on local territories ``terr`` and the arcs among them."""
+    local = np.full(len(inst.terr), -1, dtype=np.int64)
+    local[terr] = np.arange(len(terr))
+    keep_arc = local[inst.arc_to] >= 0
+    accounts = np.unique(inst.arc_acc[keep_arc])
+    acc_local = np.full(len(inst.acc), -1, dtype=np.int64)
+    acc_local[accounts] = np.arange(len(accounts))
+    src = inst.src[accounts]
+    return Instance(
+        compiled=inst.compiled,
+        terr=inst.terr[terr],
+        acc=inst.acc[accounts],
+        src=np.where(src >= 0, local[np.maximum(src, 0)], -1),
+        arc_acc=acc_local[inst.arc_acc[keep_arc]],
+        arc_to=local[inst.arc_to[keep_arc]],
+        arc_km=inst.arc_km[keep_arc],
+        arc_secondary=inst.arc_secondary[keep_arc],
+        contrib=inst.contrib[:, accounts],
+        base=inst.base[:, terr],
+        lo=inst.lo[:, terr],
+        hi=inst.hi[:, terr],
+        scale=inst.scale[:, terr],
+        hard_max=inst.hard_max[:, terr],
+        work=inst.work[accounts],
+        base_work=inst.base_work[terr],
+        room=inst.room[terr],
+        cost=inst.cost[accounts],
+        orphan=inst.orphan[accounts],
     )

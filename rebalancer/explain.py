@@ -11,7 +11,7 @@ import numpy as np
 
 from monitor.metrics import haversine_km
 from rebalancer.candidates import allowed_regions
-from rebalancer.model import FREE, Compiled, Target, receivers
+from rebalancer.model import FREE, Compiled, Target, receivers, violation_of
 from rebalancer.problem import FloatArray, IntArray, full_months
 
 RECENT_WIN_DAYS: Final = 90
@@ -35,7 +35,7 @@ def _main_target(c: Compiled, before: FloatArray, cols: list[int]) -> int | None
     """The target most outside at the given territories before the moves (bands first)."""
     if not c.targets:
         return None
-    viol = c.violation(before)[:, cols].max(axis=1)
+    viol = violation_of(before[:, cols], c.lo[:, cols], c.hi[:, cols], c.scale[:, cols]).max(axis=1)
     if viol.max() <= 0:
         return 0
     return int(np.argmax(viol))
@@ -59,38 +59,36 @@ def _why_account(c: Compiled, a: int, months: int) -> str:
     return ", ".join(parts)
 
 
-def _why_receiver(c: Compiled, a: int, t: int, owner_before: IntArray, owner_after: IntArray) -> str:
+def _why_receiver(c: Compiled, a: int, t: int, work_before: FloatArray, work_after: FloatArray) -> str:
     acc = c.problem.accounts
-    km = float(
-        haversine_km(acc.lat[a : a + 1], acc.lon[a : a + 1], c.home_lat[t : t + 1], c.home_lon[t : t + 1])[0]
-    )
-    where = f"{km:.0f} km from home" if np.isfinite(km) else "distance unknown"
+    km = haversine_km(acc.lat[a : a + 1], acc.lon[a : a + 1], c.home_lat[t : t + 1], c.home_lon[t : t + 1])
+    where = f"{float(km[0]):.0f} km from home" if np.isfinite(km[0]) else "distance unknown"
     cap = c.capacity[t]
     if not np.isfinite(cap) or cap <= 0:
         return where
-    before = _work(c, owner_before, t) / cap
-    after = _work(c, owner_after, t) / cap
-    return f"{where}, utilization {before:.0%} -> {after:.0%}"
+    return f"{where}, utilization {work_before[t] / cap:.0%} -> {work_after[t] / cap:.0%}"
 
 
-def _work(c: Compiled, owner: IntArray, t: int) -> float:
-    return float(c.workload[owner == t].sum())
+def workloads(c: Compiled, owner: IntArray) -> FloatArray:
+    """Touches per territory under an assignment."""
+    keep = owner >= 0
+    return np.bincount(owner[keep], weights=c.workload[keep], minlength=c.n_territories).astype(np.float64)
 
 
 def rationale(
     c: Compiled,
     a: int,
-    src: int,
-    dst: int,
-    owner_before: IntArray,
-    owner_after: IntArray,
-    before: FloatArray,
-    after: FloatArray,
+    move: tuple[int, int],
+    values: tuple[FloatArray, FloatArray],
+    work: tuple[FloatArray, FloatArray],
 ) -> str:
-    """One sentence for moving account ``a`` from ``src`` (-1: orphan) to ``dst``."""
+    """One sentence for moving account ``a`` along ``move`` (from -1: an orphan), with the values per
+    (target, territory) and the workload per territory before and after the proposal."""
     acc = c.problem.accounts
     months = int(full_months(acc.tenure_start[a : a + 1], c.problem.as_of)[0])
-    receiver = _why_receiver(c, a, dst, owner_before, owner_after)
+    src, dst = move
+    before, after = values
+    receiver = _why_receiver(c, a, dst, *work)
     cols = [x for x in (src, dst) if x >= 0]
     q = _main_target(c, before, cols)
     effect = ""

@@ -127,7 +127,12 @@ class Heuristic:
         return True
 
     def greedy(self) -> None:
-        """Best violation reduction per unit of move cost, until no single move reduces it."""
+        """Best violation reduction per unit of move cost, until no single move reduces it.
+
+        Each round makes the best move of as many territory pairs as it can at once: moves that share
+        no territory and no account do not change each other's effect, so a batch equals making them
+        one by one, in far fewer rounds on a large org.
+        """
         inst = self.inst
         arcs = np.flatnonzero(~inst.orphan[inst.arc_acc])
         if len(arcs) == 0:
@@ -137,17 +142,43 @@ class Heuristic:
         touching = _Touching(self.arc_from[arcs], inst.arc_to[arcs], len(inst.terr))
         while True:
             score = np.where(d < -_EPS, d / cost, np.inf) + 1e-9 * inst.arc_secondary[arcs]
-            best = int(np.argmin(score))
-            if not np.isfinite(score[best]):
+            picked = self._batch(arcs, score)
+            if not picked:
                 return
-            self.apply(int(arcs[best]))
+            for j in picked:
+                self.apply(int(arcs[j]))
             if self.limits.total is not None and self.state.total >= self.limits.total:
                 d = self.delta(arcs)
                 continue
-            f, t = int(self.arc_from[arcs[best]]), int(inst.arc_to[arcs[best]])
-            redo = touching.of([x for x in (f, t) if x >= 0])
-            redo = np.union1d(redo, np.flatnonzero(inst.arc_acc[arcs] == inst.arc_acc[arcs[best]]))
+            touched = {
+                int(x) for j in picked for x in (self.arc_from[arcs[j]], inst.arc_to[arcs[j]]) if x >= 0
+            }
+            redo = touching.of(sorted(touched))
+            moved = np.flatnonzero(np.isin(inst.arc_acc[arcs], inst.arc_acc[arcs[picked]]))
+            redo = np.union1d(redo, moved)
             d[redo] = self.delta(arcs[redo])
+
+    def _batch(self, arcs: IntArray, score: FloatArray) -> list[int]:
+        """Positions of the best improving moves that share no territory and no account."""
+        inst = self.inst
+        k = min(len(score), 4 * len(inst.terr) + 1)
+        top = np.argpartition(score, k - 1)[:k] if k < len(score) else np.arange(len(score))
+        top = top[np.argsort(score[top], kind="stable")]
+        top = top[np.isfinite(score[top])]
+        room = None if self.limits.total is None else self.limits.total - self.state.total
+        used_t: set[int] = set()
+        used_a: set[int] = set()
+        picked: list[int] = []
+        for j in top.tolist():
+            f, t, a = int(self.arc_from[arcs[j]]), int(inst.arc_to[arcs[j]]), int(inst.arc_acc[arcs[j]])
+            if f in used_t or t in used_t or a in used_a:
+                continue
+            picked.append(j)
+            used_t.update((f, t))
+            used_a.add(a)
+            if room is not None and len(picked) >= room:
+                break
+        return picked
 
     def lookahead(self) -> bool:
         """One improving pair of moves around the worst territories (a swap or a chain); True if made."""

@@ -7,10 +7,12 @@ reduces one group of regions to the accounts and receivers that can matter (docs
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Final
 
 import numpy as np
+import pandas as pd
 
 from rebalancer.problem import (
     ADDITIVE_METRICS,
@@ -82,15 +84,15 @@ class Compiled:
         """Per (target, territory) the relative distance outside, for values of shape like ``base``."""
         return violation_of(values, self.lo, self.hi, self.scale)
 
-    @property
+    @functools.cached_property
     def lo(self) -> FloatArray:
         return np.array([t.lo for t in self.targets]).reshape(len(self.targets), -1)
 
-    @property
+    @functools.cached_property
     def hi(self) -> FloatArray:
         return np.array([t.hi for t in self.targets]).reshape(len(self.targets), -1)
 
-    @property
+    @functools.cached_property
     def scale(self) -> FloatArray:
         return np.array([t.scale for t in self.targets]).reshape(len(self.targets), -1)
 
@@ -203,11 +205,14 @@ def compile_problem(problem: Problem, scenario: Scenario) -> Compiled:
     active = np.array([i for i, t in enumerate(terr) if t.active], dtype=np.int64)
     names = tuple(sorted({t.region for t in terr} | {r for p in scenario.neighbours for r in p}))
     region_code = {n: i for i, n in enumerate(names)}
-    position = {terr[i].owner_id: k for k, i in enumerate(active.tolist())}
-    any_region = {t.owner_id: region_code[t.region] for t in terr}
-    owner_ids = problem.accounts.owner_ids
-    owner = np.array([position.get(o, -1) for o in owner_ids], dtype=np.int64)
-    account_region = np.array([any_region.get(o, -1) for o in owner_ids], dtype=np.int64)
+    all_ids = pd.Index([t.owner_id for t in terr])
+    owner_ids = pd.Index(problem.accounts.owner_ids)
+    which = np.asarray(all_ids.get_indexer(owner_ids), dtype=np.int64)  # -1: no such owner
+    position = np.full(len(terr) + 1, -1, dtype=np.int64)
+    position[active] = np.arange(len(active))
+    owner = position[which]  # which = -1 reads the last slot, -1
+    regions = np.array([region_code[t.region] for t in terr] + [-1], dtype=np.int64)
+    account_region = regions[which]
     capacity = np.array([np.nan if terr[i].capacity is None else terr[i].capacity for i in active], float)
     targets = _targets(problem, scenario, owner, capacity)
     n = len(active)

@@ -8,6 +8,7 @@ and are solved in parallel threads (HiGHS releases the GIL while it solves). A t
 from __future__ import annotations
 
 import math
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -16,7 +17,7 @@ from typing import Final
 import numpy as np
 
 from rebalancer import explain
-from rebalancer.candidates import candidate_instance
+from rebalancer.candidates import candidate_instance, split
 from rebalancer.heuristic import Limits
 from rebalancer.highs import StageResult, instance_violation
 from rebalancer.model import Compiled, Instance, compile_problem
@@ -117,6 +118,25 @@ class Solved:
     heuristic_seconds: float
 
 
+class _Budget:
+    """Time for each instance as it starts: its share (by size) of what is left for the instances not
+    started yet, times the workers, so the groups queued behind others still get their part."""
+
+    def __init__(self, deadline: float, sizes: list[int], workers: int) -> None:
+        self.deadline = deadline
+        self.sizes = sizes
+        self.waiting = sum(sizes)
+        self.workers = workers
+        self.lock = threading.Lock()
+
+    def take(self, k: int) -> float:
+        with self.lock:
+            left = max(self.deadline - time.perf_counter(), 0.0)
+            share = min(1.0, self.workers * self.sizes[k] / max(self.waiting, 1))
+            self.waiting -= self.sizes[k]
+            return left * share
+
+
 def _groups(c: Compiled) -> list[IntArray]:
     if c.scenario.max_moves is not None:
         return [np.arange(c.n_territories)]
@@ -136,9 +156,14 @@ def solve(
     started = time.perf_counter()
     c = compile_problem(problem, scenario)
     limits = Limits(scenario.max_moves_per_territory, scenario.max_moves)
-    instances = [i for g in _groups(c) if (i := candidate_instance(c, g)) is not None]
+    whole = [i for g in _groups(c) if (i := candidate_instance(c, g)) is not None]
+    instances = whole if scenario.max_moves is not None else [p for i in whole for p in split(i)]
+    instances.sort(key=lambda i: -len(i.arc_acc))
+    budget = _Budget(started + time_limit, [len(i.arc_acc) + 1 for i in instances], max(1, workers))
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
-        results = list(pool.map(lambda i: solve_instance(i, limits, time_limit), instances))
+        results = list(
+            pool.map(lambda k: solve_instance(instances[k], limits, budget.take(k)), range(len(instances)))
+        )
     owner = c.owner.copy()
     h_owner: IntArray | None = c.owner.copy()
     for inst, sol in zip(instances, results, strict=True):
@@ -277,10 +302,11 @@ def propose(
     plan = plan_waves(c, owner, moves, waves)
     vb, va = values_of(c, owner), values_of(c, after_owner)
     acc, terr = problem.accounts, problem.territories
+    work = (explain.workloads(c, owner), explain.workloads(c, after_owner))
     out: list[Move] = []
     for i, (a, src, dst) in enumerate(moves):
         from_id = str(acc.owner_ids[a]) if src < 0 else terr[int(c.territory[src])].owner_id
-        text = explain.rationale(c, a, src, dst, owner, after_owner, vb, va)
+        text = explain.rationale(c, a, (src, dst), (vb, va), work)
         out.append(
             Move(
                 str(acc.ids[a]),

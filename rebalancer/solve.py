@@ -81,7 +81,8 @@ def solve_instance(inst: Instance, limits: Limits, time_limit: float) -> Instanc
 
 def _honest(result: StageResult, objective: float) -> StageResult:
     """The stage report with the objective of the solution kept (solver noise rounded away)."""
-    bound = min(result.bound, objective)
+    bound = min(result.bound if np.isfinite(result.bound) else 0.0, objective)
+    bound = max(bound, 0.0)  # a (weighted) move count is never negative
     if objective - bound < 1e-6:
         bound = objective
     return StageResult(result.status, objective, bound, result.seconds)

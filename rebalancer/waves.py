@@ -113,7 +113,8 @@ def _try(c: Compiled, owner: IntArray, moves: list[tuple[int, int, int]], n: int
             if not taken:
                 return None
         wave[taken] = w
-        remaining = [i for i in remaining if i not in set(taken)]
+        done = set(taken)
+        remaining = [i for i in remaining if i not in done]
     return wave
 
 
@@ -127,7 +128,7 @@ def _fill(
         account, src, dst = moves[i]
         books.move(account, src, dst)
         cols = np.array([x for x in (src, dst) if x >= 0], dtype=np.int64)
-        if _ok(books, start, cols, receivers | {dst}):
+        if _ok(books, start, cols, {dst}):  # only the receiver's workload went up
             taken.append(i)
             receivers.add(dst)
             if len(taken) >= size:
