@@ -225,9 +225,11 @@ def tradeoff(
 ) -> tuple[CurvePoint, ...]:
     """The smallest violation with at most k moves for k on ``curve_ks(full_fix)``, each with its bound.
 
-    The org is one instance here (a move budget is shared by all regions); a violation outside the
-    candidate set (none by construction) is added to each point.
+    With a total move cap the org is one instance (the cap is shared); otherwise see ``part_curves``.
     """
+    if scenario.max_moves is None:
+        solved = solve(problem, scenario, time_limit / 2)
+        return part_curves(solved, full_fix, time_limit / 2)
     c = compile_problem(problem, scenario)
     inst = candidate_instance(c, np.arange(c.n_territories))
     ks = curve_ks(full_fix)
@@ -239,6 +241,47 @@ def tradeoff(
     return tuple(
         CurvePoint(p.max_moves, p.band_violation + outside, p.bound + outside, p.status) for p in points
     )
+
+
+def part_curves(solved: Solved, full_fix: int, time_limit: float) -> tuple[CurvePoint, ...]:
+    """The org's curve from each independent part's own curve, combined exactly.
+
+    Part p's curve is solved for k = 0 .. m_p - 1 (m_p: its moves in the proposal; from m_p on it is the
+    proposal's own value and bound). The org's smallest violation with at most K moves is the min-plus
+    combination of the parts' curves (a budget split over the parts), and so is its bound.
+    """
+    c = solved.compiled
+    started = time.perf_counter()
+    limits = Limits(c.scenario.max_moves_per_territory, None)
+    values, bounds, statuses = np.zeros(1), np.zeros(1), {"optimal"}
+    total = sum(int(((s.chosen >= 0) & ~i.orphan).sum()) for i, s in solved.solutions if s.chosen is not None)
+    for inst, sol in solved.solutions:
+        if sol.chosen is None:
+            continue
+        m = int(((sol.chosen >= 0) & ~inst.orphan).sum())
+        left = time_limit - (time.perf_counter() - started)
+        share = left * m / max(total, 1)
+        total -= m
+        points = curve(inst, limits, list(range(m)), share) if m else []
+        v = [p.band_violation for p in points] + [instance_violation(inst, sol.chosen)]
+        b = [p.bound for p in points] + [min(max(sol.violation.bound, 0.0), v[-1])]
+        statuses |= {p.status for p in points}
+        values, bounds = _min_plus(values, np.array(v)), _min_plus(bounds, np.array(b))
+    outside = total_violation(c, c.owner) - sum(instance_base(i) for i, _ in solved.solutions)
+    status = "optimal" if statuses <= {"optimal"} else "time_limit"
+    out = []
+    for k in curve_ks(full_fix):
+        j = min(k, len(values) - 1)
+        out.append(CurvePoint(k, float(values[j]) + outside, float(bounds[j]) + outside, status))
+    return tuple(out)
+
+
+def _min_plus(a: FloatArray, b: FloatArray) -> FloatArray:
+    """``out[k] = min over i + j <= k of a[i] + b[j]`` for curves that never go up."""
+    out = np.full(len(a) + len(b) - 1, np.inf)
+    for j, value in enumerate(b.tolist()):
+        out[j : j + len(a)] = np.minimum(out[j : j + len(a)], a + value)
+    return np.minimum.accumulate(out)
 
 
 def _moves_of(c: Compiled, before: IntArray, after: IntArray) -> list[tuple[int, int, int]]:
@@ -322,7 +365,9 @@ def propose(
     disruption = float(sum(c.weight[m[0]] for m in discretionary))
     report = solver_report(solved)
     points: tuple[CurvePoint, ...] = ()
-    if with_curve and discretionary:
+    if with_curve and discretionary and scenario.max_moves is None:
+        points = part_curves(solved, len(discretionary), time_limit)
+    elif with_curve and discretionary:
         points = tradeoff(problem, scenario, len(discretionary), time_limit)
     return Proposal(
         scenario=scenario.name,

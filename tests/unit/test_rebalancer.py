@@ -15,7 +15,7 @@ from rebalancer.scenarios import add_rep, override_bands, remove_rep
 from rebalancer.waves import plan_waves
 from tests.rebalancer_helpers import brute_force, hard_ok, problems, scenarios, values, workload
 
-FAST = settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 
 def _propose(problem: Problem, scenario: Scenario, curve: bool = False) -> Proposal:
@@ -56,7 +56,7 @@ def test_ok_means_every_territory_inside_every_band(problem: Problem, scenario: 
     assert np.all(~np.isfinite(cap) | (work <= cap + 1e-9))
 
 
-@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=30, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(problems(max_accounts=12, territories=4, max_free=6), scenarios())
 def test_moves_and_curve_equal_the_brute_force_optimum(problem: Problem, scenario: Scenario) -> None:
     best = brute_force(problem, scenario)
