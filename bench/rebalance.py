@@ -41,7 +41,7 @@ from monitor.drift import DEFAULT_RULES
 from monitor.metrics import haversine_km
 from rebalancer.frames import problem_of
 from rebalancer.highs import instance_violation
-from rebalancer.model import compile_problem
+from rebalancer.model import Compiled, compile_problem
 from rebalancer.problem import Problem, Scenario
 from rebalancer.propose import propose, total_violation
 from rebalancer.scenarios import bands_from_rules
@@ -152,33 +152,47 @@ def drifting_org(accounts: int, reps: int, drifting: int, seed: int) -> Problem:
     return Problem(AS_OF, territories, table)
 
 
-def realignment_moves(problem: Problem, scenario: Scenario) -> int:
-    """Accounts a from-scratch geographic re-alignment would move: each account, largest first, to the
-    nearest rep of its region whose book is still under the mean potential and count."""
-    c = compile_problem(problem, scenario)
+def _nearest(problem: Problem, c: Compiled, mine: np.ndarray, reps: np.ndarray, k: int) -> np.ndarray:
+    """For each account of ``mine``, its ``k`` nearest reps of ``reps`` (nearest first), in chunks."""
     acc = problem.accounts
-    n_t = c.n_territories
-    potential = acc.contributions["potential"]
-    limit_p = float(potential.sum()) / n_t
-    limit_n = int(np.ceil(len(potential) / n_t))
-    load = np.zeros(n_t)
-    count = np.zeros(n_t, dtype=np.int64)
-    moved = 0
-    for region in np.unique(c.region):
-        reps = np.flatnonzero(c.region == region)
-        mine = np.flatnonzero(c.account_region == region)
+    k = min(k, len(reps))
+    out = np.empty((len(mine), k), dtype=np.int64)
+    for start in range(0, len(mine), 20_000):
+        part = mine[start : start + 20_000]
         km = haversine_km(
-            acc.lat[mine][:, None],
-            acc.lon[mine][:, None],
+            acc.lat[part][:, None],
+            acc.lon[part][:, None],
             c.home_lat[reps][None, :],
             c.home_lon[reps][None, :],
         )
-        order = np.argsort(np.nan_to_num(km, nan=1e9), axis=1)
+        km = np.nan_to_num(km, nan=1e9)
+        near = (
+            np.argpartition(km, k - 1, axis=1)[:, :k]
+            if k < len(reps)
+            else np.tile(np.arange(len(reps)), (len(part), 1))
+        )
+        order = np.argsort(np.take_along_axis(km, near, axis=1), axis=1)
+        out[start : start + len(part)] = reps[np.take_along_axis(near, order, axis=1)]
+    return out
+
+
+def realignment_moves(problem: Problem, scenario: Scenario) -> int:
+    """Accounts a from-scratch geographic re-alignment would move: each account, largest first, to the
+    nearest of its 30 nearest reps (of its region) whose book is still under the mean potential and
+    count, else to the region's lightest book."""
+    c = compile_problem(problem, scenario)
+    potential = problem.accounts.contributions["potential"]
+    n_t = c.n_territories
+    limit_p, limit_n = float(potential.sum()) / n_t, int(np.ceil(len(potential) / n_t))
+    load, count = np.zeros(n_t), np.zeros(n_t, dtype=np.int64)
+    moved = 0
+    for region in np.unique(c.region).tolist():
+        reps = np.flatnonzero(c.region == region)
+        mine = np.flatnonzero(c.account_region == region)
+        near = _nearest(problem, c, mine, reps, 30)
         for k in np.argsort(-potential[mine], kind="stable").tolist():
             a = int(mine[k])
-            pick = next(
-                (int(reps[j]) for j in order[k] if load[reps[j]] < limit_p and count[reps[j]] < limit_n), -1
-            )
+            pick = next((int(r) for r in near[k] if load[r] < limit_p and count[r] < limit_n), -1)
             pick = pick if pick >= 0 else int(reps[np.argmin(load[reps])])
             load[pick] += potential[a]
             count[pick] += 1

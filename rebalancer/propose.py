@@ -20,7 +20,7 @@ from rebalancer import explain
 from rebalancer.candidates import candidate_instance, split
 from rebalancer.heuristic import Limits
 from rebalancer.highs import StageResult, instance_violation
-from rebalancer.model import Compiled, Instance, compile_problem
+from rebalancer.model import FREE, LOCK_NAMES, Compiled, Instance, compile_problem
 from rebalancer.problem import FloatArray, IntArray, Problem, Scenario
 from rebalancer.solve import CurvePoint, InstanceSolution, curve, solve_instance
 from rebalancer.waves import DEFAULT_WAVES, plan_waves
@@ -103,6 +103,7 @@ class Proposal:
     waves: int = 1
     waves_note: str = ""
     hypothetical: bool = False
+    locked: dict[str, int] = field(default_factory=dict)  # accounts that stay, by reason (undated counted)
     assignment: IntArray = field(default_factory=lambda: np.zeros(0, dtype=np.int64), repr=False)
 
 
@@ -385,5 +386,6 @@ def propose(
         waves=plan.count,
         waves_note=plan.note,
         hypothetical=any(t.hypothetical and t.active for t in terr),
+        locked={name: int((c.lock == i).sum()) for i, name in enumerate(LOCK_NAMES) if i != FREE},
         assignment=after_owner,
     )

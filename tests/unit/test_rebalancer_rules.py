@@ -70,6 +70,8 @@ def test_locks_follow_the_scenario() -> None:
     problem = _two_reps(accounts)
     c = compile_problem(problem, Scenario("t", (Band("potential", 0.1),)))
     assert c.lock.tolist() == [TENURE, FREE, UNDATED, DEAL, FREE, PROTECTED]
+    proposal = propose(problem, Scenario("t", (Band("potential", 0.1),)), with_curve=False)
+    assert proposal.locked == {"protected": 1, "tenure-locked": 1, "undated tenure": 1, "deal-locked": 1}
     off = compile_problem(problem, Scenario("t", (Band("potential", 0.1),), tenure_lock_months=0))
     assert off.lock.tolist() == [FREE, FREE, FREE, DEAL, FREE, PROTECTED]
 
