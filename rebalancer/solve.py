@@ -102,7 +102,7 @@ def curve(inst: Instance, limits: Limits, ks: list[int], time_limit: float) -> l
     """The epsilon-constraint sweep: minimise the violation with the total moves capped at each k.
 
     k increases, so the previous point's solution is feasible for the next one and warm-starts it
-    with the heuristic's answer for that k, whichever is better: the curve never goes up.
+    (the heuristic with the cap starts the first): the curve never goes up.
     """
     started = time.perf_counter()
     model = Model(inst, limits)
@@ -111,7 +111,8 @@ def curve(inst: Instance, limits: Limits, ks: list[int], time_limit: float) -> l
     previous: IntArray | None = None
     for i, k in enumerate(ks):
         cap = k if limits.total is None else min(k, limits.total)
-        warm = _better(inst, heuristic(inst, Limits(limits.per_territory, cap)), previous)
+        # The previous point's solution is feasible here; the heuristic only starts the sweep.
+        warm = previous if previous is not None else heuristic(inst, Limits(limits.per_territory, cap))
         if warm is not None and instance_violation(inst, warm) <= 1e-9:
             points.append(CurvePoint(k, 0.0, 0.0, "optimal"))
             previous = warm
@@ -124,7 +125,19 @@ def curve(inst: Instance, limits: Limits, ks: list[int], time_limit: float) -> l
         bound = result.bound if np.isfinite(result.bound) else 0.0
         points.append(CurvePoint(k, value, min(max(bound, 0.0), value), result.status))
         previous = best
-    return points
+    return _tightened(points)
+
+
+def _tightened(points: list[CurvePoint]) -> list[CurvePoint]:
+    """Each bound raised to the bounds of larger k: the violation never goes up with k, so a bound
+    proven for k + 1 holds for k too (a point stopped by the time limit early inherits it)."""
+    out: list[CurvePoint] = []
+    carry = 0.0
+    for p in reversed(points):
+        carry = max(carry, p.bound)
+        bound = max(min(carry, p.band_violation), 0.0)
+        out.append(CurvePoint(p.max_moves, max(p.band_violation, 0.0), bound, p.status))
+    return out[::-1]
 
 
 def _better(inst: Instance, a: IntArray | None, b: IntArray | None) -> IntArray | None:
