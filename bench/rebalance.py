@@ -255,7 +255,7 @@ def child(path: str, time_limit: float, curve: bool) -> None:
         from rebalancer.propose import tradeoff
 
         started = time.perf_counter()
-        points = tradeoff(problem, scenario, proposal.objective.moves, time_limit)
+        points = tradeoff(problem, scenario, proposal.objective.moves, 2 * time_limit)
         report["curve_seconds"] = time.perf_counter() - started
         report["curve"] = [dataclasses.asdict(p) for p in points]
     print(json.dumps(report))

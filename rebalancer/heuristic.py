@@ -271,6 +271,9 @@ class _Touching:
         return np.unique(np.concatenate(parts)) if parts else np.zeros(0, dtype=np.int64)
 
 
-def heuristic(inst: Instance, limits: Limits) -> IntArray | None:
-    """The heuristic's chosen arc per candidate account (-1: stays), or None if orphans cannot be placed."""
-    return Heuristic(inst, limits).run()
+def heuristic(inst: Instance, limits: Limits, rounds: int = 50) -> IntArray | None:
+    """The heuristic's chosen arc per candidate account (-1: stays), or None if orphans cannot be placed.
+
+    ``rounds`` bounds the two-move look-ahead (0: greedy and clean-up only, for the curve's points).
+    """
+    return Heuristic(inst, limits).run(rounds)

@@ -27,6 +27,7 @@ from rebalancer.waves import DEFAULT_WAVES, plan_waves
 
 DEFAULT_TIME_LIMIT: Final = 60.0
 CURVE_POINTS: Final = 16  # at most this many k on the trade-off curve (all of them when the fix is small)
+PART_POINTS: Final = 10  # k solved per independent part (all of them when its fix is small)
 
 
 @dataclass(frozen=True)
@@ -229,8 +230,9 @@ def tradeoff(
     With a total move cap the org is one instance (the cap is shared); otherwise see ``part_curves``.
     """
     if scenario.max_moves is None:
-        solved = solve(problem, scenario, time_limit / 2)
-        return part_curves(solved, full_fix, time_limit / 2)
+        started = time.perf_counter()
+        solved = solve(problem, scenario, time_limit / 3)
+        return part_curves(solved, full_fix, time_limit - (time.perf_counter() - started))
     c = compile_problem(problem, scenario)
     inst = candidate_instance(c, np.arange(c.n_territories))
     ks = curve_ks(full_fix)
@@ -248,7 +250,8 @@ def part_curves(solved: Solved, full_fix: int, time_limit: float) -> tuple[Curve
     """The org's curve from each independent part's own curve, combined exactly.
 
     Part p's curve is solved for k = 0 .. m_p - 1 (m_p: its moves in the proposal; from m_p on it is the
-    proposal's own value and bound). The org's smallest violation with at most K moves is the min-plus
+    proposal's own value and bound), on a grid of ``PART_POINTS`` when m_p is larger.
+    The org's smallest violation with at most K moves is the min-plus
     combination of the parts' curves (a budget split over the parts), and so is its bound.
     """
     c = solved.compiled
@@ -263,9 +266,10 @@ def part_curves(solved: Solved, full_fix: int, time_limit: float) -> tuple[Curve
         left = time_limit - (time.perf_counter() - started)
         share = left * m / max(total, 1)
         total -= m
-        points = curve(inst, limits, list(range(m)), share) if m else []
-        v = [p.band_violation for p in points] + [instance_violation(inst, sol.chosen)]
-        b = [p.bound for p in points] + [min(max(sol.violation.bound, 0.0), v[-1])]
+        grid = curve_ks(m - 1, PART_POINTS) if m else []
+        points = curve(inst, limits, grid, share) if m else []
+        final = instance_violation(inst, sol.chosen)
+        v, b = _fill_grid(m, points, final, min(max(sol.violation.bound, 0.0), final))
         statuses |= {p.status for p in points}
         values, bounds = _min_plus(values, np.array(v)), _min_plus(bounds, np.array(b))
     outside = total_violation(c, c.owner) - sum(instance_base(i) for i, _ in solved.solutions)
@@ -273,8 +277,26 @@ def part_curves(solved: Solved, full_fix: int, time_limit: float) -> tuple[Curve
     out = []
     for k in curve_ks(full_fix):
         j = min(k, len(values) - 1)
-        out.append(CurvePoint(k, float(values[j]) + outside, float(bounds[j]) + outside, status))
+        value, bound = max(float(values[j]) + outside, 0.0), max(float(bounds[j]) + outside, 0.0)
+        out.append(CurvePoint(k, value, min(bound, value), status))
     return tuple(out)
+
+
+def _fill_grid(
+    m: int, points: list[CurvePoint], final: float, final_bound: float
+) -> tuple[FloatArray, FloatArray]:
+    """A part's curve at every k = 0..m from its points on a grid: between two grid points the value
+    is the lower point's (its solution is feasible with more moves) and the bound the upper one's
+    (the violation never goes up with k)."""
+    ks = [p.max_moves for p in points] + [m]
+    vals = [p.band_violation for p in points] + [final]
+    bnds = [p.bound for p in points] + [final_bound]
+    v, b = np.empty(m + 1), np.empty(m + 1)
+    for k in range(m + 1):
+        lower = max(i for i, g in enumerate(ks) if g <= k)
+        upper = min(i for i, g in enumerate(ks) if g >= k)
+        v[k], b[k] = vals[lower], bnds[upper]
+    return np.minimum.accumulate(v), b
 
 
 def _min_plus(a: FloatArray, b: FloatArray) -> FloatArray:

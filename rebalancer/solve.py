@@ -101,8 +101,8 @@ class CurvePoint:
 def curve(inst: Instance, limits: Limits, ks: list[int], time_limit: float) -> list[CurvePoint]:
     """The epsilon-constraint sweep: minimise the violation with the total moves capped at each k.
 
-    k increases, so the previous point's solution is feasible for the next one and warm-starts it
-    (the heuristic with the cap starts the first): the curve never goes up.
+    k increases, so the previous point's solution is feasible for the next one and warm-starts it (or
+    the greedy with that cap, whichever is better): the curve never goes up.
     """
     started = time.perf_counter()
     model = Model(inst, limits)
@@ -111,8 +111,8 @@ def curve(inst: Instance, limits: Limits, ks: list[int], time_limit: float) -> l
     previous: IntArray | None = None
     for i, k in enumerate(ks):
         cap = k if limits.total is None else min(k, limits.total)
-        # The previous point's solution is feasible here; the heuristic only starts the sweep.
-        warm = previous if previous is not None else heuristic(inst, Limits(limits.per_territory, cap))
+        # The previous point's solution is feasible here too; so is the greedy with this cap.
+        warm = _better(inst, heuristic(inst, Limits(limits.per_territory, cap), rounds=0), previous)
         if warm is not None and instance_violation(inst, warm) <= 1e-9:
             points.append(CurvePoint(k, 0.0, 0.0, "optimal"))
             previous = warm
