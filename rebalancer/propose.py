@@ -28,6 +28,7 @@ from rebalancer.waves import DEFAULT_WAVES, plan_waves
 DEFAULT_TIME_LIMIT: Final = 60.0
 CURVE_POINTS: Final = 16  # at most this many k on the trade-off curve (all of them when the fix is small)
 PART_POINTS: Final = 10  # k solved per independent part (all of them when its fix is small)
+DENSE_CURVE_MOVES: Final = 100  # up to this many moves in all, every k of every part is solved
 
 
 @dataclass(frozen=True)
@@ -250,7 +251,8 @@ def part_curves(solved: Solved, full_fix: int, time_limit: float) -> tuple[Curve
     """The org's curve from each independent part's own curve, combined exactly.
 
     Part p's curve is solved for k = 0 .. m_p - 1 (m_p: its moves in the proposal; from m_p on it is the
-    proposal's own value and bound), on a grid of ``PART_POINTS`` when m_p is larger.
+    proposal's own value and bound), on a grid of ``PART_POINTS`` when the proposal has more than
+    ``DENSE_CURVE_MOVES`` moves.
     The org's smallest violation with at most K moves is the min-plus
     combination of the parts' curves (a budget split over the parts), and so is its bound.
     """
@@ -259,6 +261,7 @@ def part_curves(solved: Solved, full_fix: int, time_limit: float) -> tuple[Curve
     limits = Limits(c.scenario.max_moves_per_territory, None)
     values, bounds, statuses = np.zeros(1), np.zeros(1), {"optimal"}
     total = sum(int(((s.chosen >= 0) & ~i.orphan).sum()) for i, s in solved.solutions if s.chosen is not None)
+    dense = total <= DENSE_CURVE_MOVES
     for inst, sol in solved.solutions:
         if sol.chosen is None:
             continue
@@ -266,7 +269,7 @@ def part_curves(solved: Solved, full_fix: int, time_limit: float) -> tuple[Curve
         left = time_limit - (time.perf_counter() - started)
         share = left * m / max(total, 1)
         total -= m
-        grid = curve_ks(m - 1, PART_POINTS) if m else []
+        grid = list(range(m)) if dense else curve_ks(m - 1, PART_POINTS)
         points = curve(inst, limits, grid, share) if m else []
         final = instance_violation(inst, sol.chosen)
         v, b = _fill_grid(m, points, final, min(max(sol.violation.bound, 0.0), final))
