@@ -160,3 +160,19 @@ def test_the_problem_sums_are_the_monitors_metrics() -> None:
         / c.capacity
     )
     assert np.allclose(utilization.to_numpy(), metrics["utilization"].to_numpy())
+
+
+def test_the_secondary_aim_never_costs_a_move() -> None:
+    reps = (
+        Territory("A", "Ann Lee", "A", 100.0, 40.0, -74.0),
+        Territory("B", "Bo Khan", "A", 100.0, 40.0, -74.1),  # next door
+        Territory("C", "Cy Diaz", "A", 100.0, 42.0, -71.0),  # 300 km away
+    )
+    accounts = [_account(i) for i in range(3)] + [_account(8, owner="B"), _account(9, owner="C")]
+    problem = Problem(D, reps, account_table(accounts))
+    base = Scenario("t", (Band("potential", 0.5),))
+    travel = Scenario("t", (Band("potential", 0.5),), secondary=Secondary.travel)
+    plain, near = propose(problem, base, with_curve=False), propose(problem, travel, with_curve=False)
+    assert plain.objective.moves == near.objective.moves == 1
+    assert [m.to_owner_id for m in near.moves] == ["B"]
+    assert "9 km from home" in near.moves[0].rationale  # 0.1 degree of longitude at 40N
