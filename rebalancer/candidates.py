@@ -126,7 +126,9 @@ def candidate_instance(
     """The candidate moves among the territories ``group`` (global indexes), or None: nothing to do."""
     allowed = allowed_regions(c)
     group_regions = np.unique(c.region[group])
-    orphan_mask = (c.owner < 0) & (np.isin(c.account_region, group_regions) | (c.account_region < 0))
+    # An orphan of an unknown owner may go anywhere; the group of the first territory takes it.
+    unknown = (c.account_region < 0) & bool(np.any(group == 0))
+    orphan_mask = (c.owner < 0) & (np.isin(c.account_region, group_regions) | unknown)
     orphans = np.flatnonzero(orphan_mask)
     involved = _involved(c, group, allowed, orphans, neighbours)
     if len(involved) == 0:

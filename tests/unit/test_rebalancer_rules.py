@@ -176,3 +176,17 @@ def test_the_secondary_aim_never_costs_a_move() -> None:
     assert plain.objective.moves == near.objective.moves == 1
     assert [m.to_owner_id for m in near.moves] == ["B"]
     assert "9 km from home" in near.moves[0].rationale  # 0.1 degree of longitude at 40N
+
+
+def test_an_orphan_of_an_unknown_owner_is_placed_once() -> None:
+    reps = (
+        Territory("A", "Ann Lee", "East", 100.0, 40.0, -74.0),
+        Territory("B", "Bo Khan", "West", 100.0, 34.0, -118.0),
+    )
+    accounts = [_account(0), _account(1, owner="B"), _account(2, owner="gone")]
+    proposal = propose(
+        Problem(D, reps, account_table(accounts)), Scenario("t", (Band("potential", 1.0),)), with_curve=False
+    )
+    assert proposal.orphans == 1
+    assert [(m.account_id, m.from_owner_id, m.orphan) for m in proposal.moves] == [("a2", "gone", True)]
+    assert proposal.assignment[2] in (0, 1)
