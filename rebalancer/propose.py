@@ -21,8 +21,8 @@ from rebalancer.candidates import candidate_instance, split
 from rebalancer.heuristic import Limits
 from rebalancer.highs import StageResult, instance_violation
 from rebalancer.model import FREE, LOCK_NAMES, Compiled, Instance, compile_problem
-from rebalancer.problem import FloatArray, IntArray, Problem, Scenario
-from rebalancer.solve import CurvePoint, InstanceSolution, curve, solve_instance
+from rebalancer.problem import FloatArray, IntArray, Problem, Scenario, Secondary
+from rebalancer.solve import CurvePoint, InstanceSolution, curve, improve_moves, solve_instance
 from rebalancer.waves import DEFAULT_WAVES, plan_waves
 
 DEFAULT_TIME_LIMIT: Final = 60.0
@@ -167,6 +167,7 @@ def solve(
         results = list(
             pool.map(lambda k: solve_instance(instances[k], limits, budget.take(k)), range(len(instances)))
         )
+        results = _second_chance(pool, instances, results, limits, started + time_limit, workers)
     owner = c.owner.copy()
     h_owner: IntArray | None = c.owner.copy()
     for inst, sol in zip(instances, results, strict=True):
@@ -179,6 +180,32 @@ def solve(
     seconds = time.perf_counter() - started
     h_seconds = sum(s.heuristic_seconds for s in results)
     return Solved(c, owner, h_owner, tuple(zip(instances, results, strict=True)), seconds, h_seconds)
+
+
+def _second_chance(
+    pool: ThreadPoolExecutor,
+    instances: list[Instance],
+    results: list[InstanceSolution],
+    limits: Limits,
+    deadline: float,
+    workers: int,
+) -> list[InstanceSolution]:
+    """The time left after every part had its turn goes to the parts stopped by the time limit."""
+    retry = [k for k, r in enumerate(results) if r.moves.status == "time_limit" and r.chosen is not None]
+    retry = [k for k in retry if instances[k].compiled.scenario.secondary is Secondary.none]
+    if not retry or deadline - time.perf_counter() < 1.0:
+        return results
+    budget = _Budget(deadline, [len(instances[k].arc_acc) + 1 for k in retry], max(1, workers))
+    better = list(
+        pool.map(
+            lambda i: improve_moves(instances[retry[i]], limits, results[retry[i]], budget.take(i)),
+            range(len(retry)),
+        )
+    )
+    out = list(results)
+    for k, sol in zip(retry, better, strict=True):
+        out[k] = sol
+    return out
 
 
 def values_of(c: Compiled, owner: IntArray) -> FloatArray:
