@@ -9,11 +9,11 @@ from hypothesis import strategies as st
 
 from monitor.drift import Rule, RuleKind, evaluate
 from rebalancer.model import compile_problem
-from rebalancer.problem import Band, Problem, Scenario
+from rebalancer.problem import Account, Band, Problem, Scenario, Territory, account_table
 from rebalancer.propose import Proposal, propose, values_of
 from rebalancer.scenarios import add_rep, override_bands, remove_rep
 from rebalancer.waves import plan_waves
-from tests.rebalancer_helpers import brute_force, hard_ok, problems, scenarios, values, workload
+from tests.rebalancer_helpers import AS_OF, brute_force, hard_ok, problems, scenarios, values, workload
 
 FAST = settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
@@ -139,9 +139,6 @@ def test_an_added_rep_is_filled_and_makes_the_proposal_hypothetical() -> None:
 
 
 def _org() -> Problem:
-    from rebalancer.problem import Account, Territory, account_table
-    from tests.rebalancer_helpers import AS_OF
-
     reps = tuple(Territory(f"r{i}", f"Rep {i}", "A", 40.0, 40.5, -73.5 + i * 0.1) for i in range(3))
     accounts = [
         Account(
