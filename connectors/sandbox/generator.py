@@ -233,7 +233,12 @@ _INACTIVE_SHARE: Final = 0.03
 _SKEWED_SHARE: Final = 0.10
 _TEAM_SIZE: Final = 8
 _OFF_TERRITORY_SHARE: Final = 0.02  # accounts handed to a random rep of the region (named accounts)
-_CAPACITY: Final = (150, 180)
+# Touches a quarter per tier: mirrors monitor.metrics.DEFAULT_TOUCHES (connectors may not import the
+# monitor; tests/unit/test_generator.py asserts the two agree). Capacity is calibrated to them.
+TOUCHES_PER_TIER: Final = (12.0, 6.0, 2.0)  # strategic, growth, core
+_TARGET_UTILIZATION: Final = 0.85  # the org's mean utilization (touches / capacity) over active reps
+_CAPACITY_SIGMA: Final = 0.03  # each rep's own log-normal draw (the books themselves vary more)
+_NOMINAL_CAPACITY: Final = 165.0  # an org without accounts has nothing to calibrate to
 
 _HISTORY_ROWS_P: Final = (0.40, 0.30, 0.20, 0.10)  # 1..4 assignment rows per account
 _MAX_ROWS: Final = len(_HISTORY_ROWS_P)
@@ -344,12 +349,30 @@ def generate_org(accounts: int, reps: int, seed: int, now: datetime) -> Org:
     owners = _owners_frame(streams[3], team, owner_ids)
     accounts_frame = _accounts_frame(streams[4], acc, hist, account_ids, owner_ids, team, now_sec)
     opportunities = _opportunities_frame(streams[5], acc, hist, account_ids, owner_ids, today, now_sec)
+    owners = owners.assign(capacity=_calibrated_capacity(owners, team, acc))
     return Org(
         owners=owners.assign(quota=_calibrated_quota(owners, accounts_frame, opportunities, now)),
         accounts=accounts_frame,
         opportunities=opportunities,
         assignments=_assignments_frame(hist, account_ids, owner_ids),
     )
+
+
+def _calibrated_capacity(owners: pd.DataFrame, team: _Reps, acc: _Accounts) -> IntArray:
+    """Capacities scaled so the active reps' mean utilization is ``_TARGET_UTILIZATION``, draws kept.
+
+    The utilization of a rep is the touches of their book (``TOUCHES_PER_TIER``) over their capacity,
+    so a deliberately over-sized book is over capacity and an under-sized one has room, as in a real org.
+    """
+    draw = owners["capacity"].to_numpy(dtype=np.float64)
+    touches = np.bincount(
+        team.account_owner, weights=np.array(TOUCHES_PER_TIER)[acc.tier], minlength=len(draw)
+    ).astype(np.float64)
+    active = team.active
+    scale = float((touches[active] / draw[active]).mean()) / _TARGET_UTILIZATION if active.any() else 0.0
+    if scale <= 0:
+        scale = _NOMINAL_CAPACITY
+    return np.maximum(np.round(scale * draw), 1).astype(np.int64)
 
 
 # How far one rep's quota strays from the team's: quotas are set per role, not per book, so an
@@ -617,7 +640,7 @@ def _owners_frame(rng: np.random.Generator, team: _Reps, ids: ObjArray) -> pd.Da
     home_lat = np.round(base_lat + north_km / 111.32, 5)
     home_lon = np.round(_METRO_LON[team.metro] + east_km / (111.32 * np.cos(np.radians(base_lat))), 5)
     quota = np.round(np.clip(rng.lognormal(np.log(1_200_000.0), 0.45, size=n), 300_000.0, 5_000_000.0), -3)
-    capacity = rng.integers(_CAPACITY[0], _CAPACITY[1] + 1, size=n).astype(np.int64)
+    capacity = rng.lognormal(0.0, _CAPACITY_SIGMA, size=n)  # the rep's own draw; calibrated later
     # Reps are few (thousands at most), so plain Python over them is clearer than string arrays.
     names = [
         f"{_FIRST_NAMES[f]} {_LAST_NAMES[s]}" for f, s in zip(first.tolist(), last.tolist(), strict=True)

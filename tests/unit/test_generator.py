@@ -20,11 +20,13 @@ from connectors.sandbox.generator import (
     DEFAULT_NOW,
     STAGE_PROBABILITY,
     TIERS,
+    TOUCHES_PER_TIER,
     Org,
     generate_org,
     iter_csv_chunks,
     write_csv,
 )
+from monitor.metrics import DEFAULT_TOUCHES
 
 NOW = datetime(2026, 11, 1, tzinfo=UTC)
 FRAMES = {
@@ -231,7 +233,7 @@ def test_value_domains(org: Org) -> None:
     accounts, opps, owners = org.accounts, org.opportunities, org.owners
     assert set(accounts["tier"]) == set(TIERS)
     assert accounts["industry"].nunique() == 15
-    assert owners["capacity"].between(150, 180).all()
+    assert (owners["capacity"] >= 1).all()
     assert owners["quota"].between(300_000, 5_000_000).all()
     assert opps["probability"].between(0, 1).all()
     for frame, column in ((accounts, "arr"), (accounts, "potential"), (opps, "amount"), (owners, "quota")):
@@ -472,3 +474,18 @@ def test_quotas_are_scaled_to_what_books_win(org: Org) -> None:
     assert 0.7 < attainment.mean() < 1.1
     book = org.accounts.groupby("owner_id")["potential"].sum().reindex(active.index).fillna(0.0)
     assert attainment[book.idxmax()] > attainment.median()
+
+
+def test_touches_mirror_the_monitor_default() -> None:
+    assert dict(zip(TIERS, TOUCHES_PER_TIER, strict=True)) == dict(DEFAULT_TOUCHES)
+
+
+def test_capacity_is_calibrated_to_the_books() -> None:
+    org = generate_org(20_000, 160, 0, DEFAULT_NOW)
+    owners = org.owners.set_index("id")
+    touches = org.accounts["tier"].map(DEFAULT_TOUCHES).groupby(org.accounts["owner_id"]).sum()
+    utilization = (touches.reindex(owners.index).fillna(0.0) / owners["capacity"])[owners["active"]]
+    assert abs(utilization.mean() - 0.85) < 0.01
+    assert 0.05 <= (utilization > 1.0).mean() <= 0.2
+    assert utilization.max() > 1.8  # the deliberately over-sized books stay over capacity
+    assert utilization.min() < 0.5  # and the under-sized ones have room
