@@ -10,6 +10,9 @@ stages' optimum in the later ones. HiGHS' gap tolerances are 0, so "optimal" mea
 
 from __future__ import annotations
 
+import os
+import sys
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Final
@@ -23,6 +26,27 @@ from rebalancer.problem import FloatArray, IntArray
 
 SEED: Final = 0
 _INF: Final = highspy.kHighsInf
+
+
+_BANNER_LOCK = threading.Lock()
+
+
+def _quiet_highs() -> highspy.Highs:
+    """A HiGHS instance whose construction banner goes to stderr, not stdout.
+
+    HiGHS prints "Running HiGHS ..." from C++ when an instance is made, before any option can turn
+    logging off; on stdout it would corrupt ``--format json``. File descriptor 1 points at stderr for
+    that moment, under a lock so parallel solves never restore each other's redirect.
+    """
+    with _BANNER_LOCK:
+        sys.stdout.flush()
+        saved = os.dup(1)
+        try:
+            os.dup2(2, 1)
+            return highspy.Highs()  # type: ignore[no-untyped-call]
+        finally:
+            os.dup2(saved, 1)
+            os.close(saved)
 
 
 @dataclass(frozen=True)
@@ -62,7 +86,7 @@ class Model:
         self.s_lo = self.n_arc + np.arange(k * n_t)
         self.s_hi = self.n_arc + k * n_t + np.arange(k * n_t)
         self.n_col = self.n_arc + 2 * k * n_t
-        self.h = highspy.Highs()  # type: ignore[no-untyped-call]
+        self.h = _quiet_highs()
         self._options()
         self._columns()
         self._rows(limits)

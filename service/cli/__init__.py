@@ -7,7 +7,7 @@ people lives in ``render``; what the groups share (``--format``, the settings) i
 
 from __future__ import annotations
 
-from service.cli import apply, core, health, sync
+from service.cli import apply, core, health, propose, sync
 from service.cli.config import config_app
 from service.cli.core import app, main
 from service.cli.proposals import proposals_app
@@ -18,6 +18,7 @@ for command in (core.migrate, core.demo, health.health, sync.sync, core.serve, h
 app.add_typer(sandbox_app, name="sandbox")
 app.add_typer(config_app, name="config")
 app.add_typer(proposals_app, name="proposals")
+app.command()(propose.propose)
 app.command()(apply.apply)
 
 __all__ = ["app", "main"]

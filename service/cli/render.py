@@ -6,7 +6,8 @@ settings, so a new command group renders with what is here or adds its own funct
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+import contextlib
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -259,3 +260,61 @@ def print_apply(result: dict[str, Any], sync_line: str | None) -> None:
     out.print(table)
     if sync_line is not None:
         out.print(f"re-synced the CRM: {sync_line}")
+
+
+# --- territory propose ---------------------------------------------------------------------------------
+
+
+@contextlib.contextmanager
+def solving(scenario: str, time_limit: float, *, quiet: bool) -> Iterator[None]:
+    """A spinner on stderr while the solver runs (nothing with ``--format json`` or off a terminal)."""
+    console = Console(stderr=True)
+    if quiet or not console.is_terminal:
+        yield
+        return
+    with console.status(f"solving {scenario} (HiGHS, at most {time_limit:g} s)"):
+        yield
+
+
+def _gap(solver: Mapping[str, Any]) -> str:
+    gap = solver["optimality_gap"]
+    return "proven optimal" if gap == 0 else f"within {gap:.1%} of the proven bound {solver['bound']:g}"
+
+
+def print_rebalance(doc: Mapping[str, Any], out: Console | None = None) -> None:
+    """One proposal for people: the summary, the moves with their rationale, the curve, what blocks."""
+    out = out or Console()
+    stored = f"proposal {doc['proposal_id']}" if doc["proposal_id"] is not None else "not stored (dry run)"
+    solver = doc["solver"]
+    out.print(
+        f"[bold]{doc['scenario']}[/]: {doc['status']}, {doc['objective']['moves']} moves "
+        f"({len(doc['moves'])} with orphans); band violation {doc['before']['band_violation']:.3f} -> "
+        f"{doc['after']['band_violation']:.3f}; {_gap(solver)} "
+        f"({solver['status']}, {solver['seconds']:.1f} s); {stored}"
+    )
+    table = Table("wave", "account", "from", "to", "rationale", title="Moves", title_justify="left")
+    for m in doc["moves"][: DRIFT_ROWS * 2]:
+        table.add_row(str(m["wave"]), m["account_name"], m["from_owner_id"], m["to_owner_id"], m["rationale"])
+    out.print(table)
+    if len(doc["moves"]) > DRIFT_ROWS * 2:
+        out.print(f"... and {len(doc['moves']) - DRIFT_ROWS * 2} more (--format json lists them all)")
+    if doc["tradeoff"]:
+        curve = Table("at most", "band violation", "proven floor", title="Trade-off", title_justify="left")
+        for p in doc["tradeoff"]:
+            curve.add_row(str(p["max_moves"]), f"{p['band_violation']:.3f}", f"{p['bound']:.3f}")
+        out.print(curve)
+    for line in doc["blocked"]:
+        out.print(f"[yellow]blocked[/]: {line}")
+
+
+def print_scenarios(docs: Iterable[Mapping[str, Any]]) -> None:
+    """``--scenario all``: the scenarios side by side."""
+    table = Table("scenario", "status", "moves", "violation before", "after", "gap", "proposal",
+                  title="Scenarios", title_justify="left")  # fmt: skip
+    for d in docs:
+        table.add_row(
+            d["scenario"], d["status"], str(d["objective"]["moves"]), f"{d['before']['band_violation']:.3f}",
+            f"{d['after']['band_violation']:.3f}", f"{d['solver']['optimality_gap']:.1%}",
+            str(d["proposal_id"] or "-"),
+        )  # fmt: skip
+    Console().print(table)
