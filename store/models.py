@@ -275,7 +275,9 @@ class ProposalMove(Base):
     proposal_id: Mapped[int] = mapped_column(ForeignKey("proposals.id", ondelete="CASCADE"))
     account_id: Mapped[str] = mapped_column(ForeignKey("accounts.id"))
     from_owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id"))
-    to_owner_id: Mapped[str] = mapped_column(ForeignKey("owners.id"))
+    to_owner_id: Mapped[str] = mapped_column(
+        CrmId, comment="an owner, or a rep a what-if added (then the proposal cannot be approved)"
+    )
     expected_owner_id: Mapped[str] = mapped_column(
         CrmId, comment="the CRM owner the move was planned against"
     )

@@ -499,6 +499,25 @@ def _require_reason(reason: str | None, what: str) -> str:
     return reason.strip()
 
 
+def _require_real_receivers(conn: Connection, proposal_id: int) -> None:
+    """A what-if's moves go to reps that are not owners yet: such a proposal cannot be approved."""
+    missing = (
+        conn.execute(
+            select(_M.c.to_owner_id)
+            .where(_M.c.proposal_id == proposal_id, _M.c.to_owner_id.not_in(select(Owner.__table__.c.id)))
+            .distinct()
+            .order_by(_M.c.to_owner_id)
+        )
+        .scalars()
+        .all()
+    )
+    if missing:
+        raise ProposalError(
+            f"proposal {proposal_id} is a what-if: {', '.join(missing)} is not a rep in the CRM yet; "
+            "propose again once it is"
+        )
+
+
 def approve(
     conn: Connection,
     proposal_id: int,
@@ -512,6 +531,7 @@ def approve(
     """Approve, optionally without the moves of ``except_accounts`` (then a reason is mandatory)."""
     if not actor.strip():
         raise ProposalError("an approval needs the approver's name")
+    _require_real_receivers(conn, proposal_id)
     excluded = list(dict.fromkeys(except_accounts))
     if excluded:
         reason = _require_reason(reason, "approving without some moves")
