@@ -156,8 +156,17 @@ def write_back(
 
 def writeback_job(engine: Engine, settings: Settings, ctx: JobContext) -> dict[str, Any]:
     """Write what is due; moves written trigger an incremental sync, which triggers a snapshot."""
+    from approval.notify import post_writeback_result
+    from approval.slack import client_for
+
     reports = write_back(engine, settings, crm_of(settings), now=ctx.now, worker=ctx.holder)
     written = sum(r.written for r in reports)
+    client = client_for(settings.slack)
+    for r in reports:
+        if client is not None and (r.written or r.conflicts or r.failed):
+            final = r.state if r.state in ("applied", "partially_applied", "failed") else None
+            post_writeback_result(engine, client, r.proposal_id, wave=None, written=r.written,
+                                  conflicts=r.conflicts, failed=r.failed, state=final)  # fmt: skip
     details: dict[str, Any] = {"proposals": [r.as_json() for r in reports], "written": written}
     log.info("write-back job done", extra={"job": ctx.job, "job_run_id": ctx.run_id, "written": written})
     if written:
@@ -166,17 +175,69 @@ def writeback_job(engine: Engine, settings: Settings, ctx: JobContext) -> dict[s
 
 
 def snapshot_job(engine: Engine, settings: Settings, ctx: JobContext, *, kind: str) -> dict[str, Any]:
-    """A health snapshot: ``monthly`` as of the 1st of the month, ``event`` as of today."""
+    """A health snapshot: ``monthly`` as of the 1st of the month, ``event`` as of today.
+
+    Fired drift events trigger a proposal (``rebalancer.auto_propose``).
+    """
     from monitor.jobs import take_snapshot
 
     today = ctx.now.date()
     as_of = today.replace(day=1) if kind == "monthly" else today
     result = take_snapshot(engine, settings.metrics, settings.rules, as_of=as_of, kind=kind)
+    fired = len(result.health.fired)
     log.info(
         "snapshot taken",
-        extra={"job": ctx.job, "job_run_id": ctx.run_id, "snapshot_id": result.snapshot_id},
+        extra={"job": ctx.job, "job_run_id": ctx.run_id, "snapshot_id": result.snapshot_id, "fired": fired},
     )
-    return {"snapshot_id": result.snapshot_id, "as_of": as_of.isoformat(), "kind": kind}
+    details: dict[str, Any] = {"snapshot_id": result.snapshot_id, "as_of": as_of.isoformat(), "kind": kind}
+    if fired and settings.rebalancer.auto_propose:
+        details["propose_triggered"] = ctx.trigger("propose", 0)
+    return details
+
+
+def propose_and_announce(engine: Engine, settings: Settings, *, now: dt.datetime) -> dict[str, Any]:
+    """A proposal of the configured scenario, stored once and posted to Slack when Slack is set up."""
+    from approval.notify import post_proposal
+    from approval.slack import client_for
+    from rebalancer.edge import propose_from_store
+    from rebalancer.scenarios import builtin_scenarios
+
+    r = settings.rebalancer
+    scenario = builtin_scenarios(settings.rules.drift_rules())[r.scenario]
+    document = propose_from_store(
+        engine,
+        scenario,
+        touches=settings.metrics.touches_per_tier(),
+        as_of=now.date(),
+        now=now,
+        expires_in=dt.timedelta(days=settings.slack.expiry_days),
+        waves=r.waves,
+        time_limit=r.time_limit_seconds,
+    )
+    client = client_for(settings.slack)
+    if document["stored"] and client is not None and settings.slack.channel:
+        post_proposal(engine, client, channel=settings.slack.channel, proposal_id=document["proposal_id"])
+    return document
+
+
+def propose_job(engine: Engine, settings: Settings, ctx: JobContext) -> dict[str, Any]:
+    """After fired drift: propose (the same data gives the same proposal back, so a repeat adds none)."""
+    document = propose_and_announce(engine, settings, now=ctx.now)
+    log.info(
+        "proposal made",
+        extra={"job": ctx.job, "job_run_id": ctx.run_id, "proposal_id": document["proposal_id"],
+               "moves": len(document["moves"]), "stored": document["stored"]},
+    )  # fmt: skip
+    return {k: document[k] for k in ("proposal_id", "status", "stored", "superseded", "objective")}
+
+
+def expiry_job(engine: Engine, settings: Settings, ctx: JobContext) -> dict[str, Any]:
+    """Undecided proposals past their expiry become ``expired``; their Slack messages say so."""
+    from approval.notify import expire_and_show
+    from approval.slack import client_for
+
+    expired = expire_and_show(engine, client_for(settings.slack), now=ctx.now)
+    return {"expired": expired}
 
 
 def register_jobs(scheduler: Scheduler, settings: Settings, engine: Engine) -> dict[str, float]:
@@ -204,6 +265,8 @@ def register_jobs(scheduler: Scheduler, settings: Settings, engine: Engine) -> d
         serial="sync",
     )
     sched("health_snapshot", p(snapshot_job, engine, settings, kind="event"), None)
+    sched("propose", p(propose_job, engine, settings), None, enabled=settings.rebalancer.auto_propose)
+    sched("proposal_expiry", p(expiry_job, engine, settings), every(15))
     sched(
         "monthly_snapshot",
         p(snapshot_job, engine, settings, kind="monthly"),

@@ -115,6 +115,17 @@ class SchedulerSettings(Section):
     )
 
 
+class RebalancerSettings(Section):
+    """The daemon's own proposals (docs/rebalancer.md): after a snapshot whose drift rules fire."""
+
+    auto_propose: bool = Field(True, description="propose after a snapshot with fired drift events")
+    scenario: Literal["revenue", "strategic", "growth", "geography"] = Field(
+        "revenue", description="the scenario the daemon (and the demo) proposes with"
+    )
+    time_limit_seconds: float = Field(60, gt=0, le=3600, description="the solver's time limit")
+    waves: int = Field(3, ge=1, le=12, description="waves of a proposal, 30 days apart")
+
+
 class WritebackSettings(Section):
     """How approved moves are written to the CRM the scheduler syncs from (docs/approval.md)."""
 
@@ -288,6 +299,7 @@ class Settings(BaseSettings):
     rules: RulesSettings = Field(default_factory=RulesSettings)
     server: ServerSettings = Field(default_factory=ServerSettings)
     scheduler: SchedulerSettings = Field(default_factory=SchedulerSettings)
+    rebalancer: RebalancerSettings = Field(default_factory=RebalancerSettings)
     writeback: WritebackSettings = Field(default_factory=WritebackSettings)
     webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
     slack: SlackSettings = Field(default_factory=SlackSettings)

@@ -39,6 +39,7 @@ COMMANDS = [
     ["proposals", "cancel"],
     ["proposals", "revert"],
     ["apply"],
+    ["propose"],
 ]
 
 
@@ -51,7 +52,8 @@ def test_help_lists_the_commands() -> None:
     rows = (re.match(r"│ ([a-z]+)  +\S", line) for line in result.stdout.splitlines())
     listed = [m.group(1) for m in rows if m is not None]
     assert listed == [
-        "migrate", "demo", "health", "sync", "serve", "report", "apply", "sandbox", "config", "proposals"
+        "migrate", "demo", "health", "sync", "serve", "report", "propose", "apply", "sandbox", "config",
+        "proposals",
     ]  # fmt: skip
 
 
