@@ -116,7 +116,7 @@ def apply_owner_changes(
             if (again.get(change.account_id) or {}).get("OwnerId") == change.to_owner_id:
                 results[n] = WriteResult(change.account_id, WriteOutcome.written, {"already": True})
     for n in sorted(results):
-        log.info(
+        log.debug(
             "salesforce owner change",
             extra={
                 "sobject": sobject,

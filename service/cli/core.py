@@ -78,13 +78,19 @@ def demo(
     serve: Annotated[
         bool, typer.Option("--serve/--no-serve", help="go on serving /metrics and the scheduler")
     ] = True,
+    approve_as: Annotated[
+        str | None,
+        typer.Option("--approve-as", help="approve the proposal as NAME (scripted runs; else it asks)"),
+    ] = None,
     output: FormatOption = OutputFormat.table,
 ) -> None:
-    """The loop on the embedded default: sandbox CRM, sync, health and drift, then the daemon.
+    """The loop on the embedded default: sandbox CRM, sync, health, a proposal, approval, write-back.
 
     A generated org is served by the sandbox Salesforce; the real connector syncs it into the embedded
-    PostgreSQL; every territory is measured; then `territory serve` runs against the same sandbox
-    (/metrics, /healthz, the scheduler) until Ctrl-C.
+    PostgreSQL; every territory is measured; the rebalancer proposes; once approved (--approve-as, the
+    prompt at a terminal, or `territory proposals approve` from another shell while the daemon runs)
+    the moves are written back to the sandbox, re-synced and measured again; then `territory serve`
+    runs against the same sandbox (/metrics, /healthz, the scheduler) until Ctrl-C.
     """
     settings = settings_of(ctx)
     accounts = accounts or settings.demo.accounts
@@ -96,7 +102,9 @@ def demo(
     started = time.perf_counter()
     sandbox = _demo_sandbox(console, settings, accounts=accounts, reps=reps, seed=seed)
     try:
-        _run_demo(console, settings, sandbox, started=started, serve=serve, output=output)
+        _run_demo(
+            console, settings, sandbox, started=started, serve=serve, output=output, approve_as=approve_as
+        )
     finally:
         sandbox.stop()
 
@@ -124,21 +132,41 @@ def _run_demo(
     started: float,
     serve: bool,
     output: OutputFormat,
+    approve_as: str | None,
 ) -> None:
-    """Sync the sandbox into the embedded PostgreSQL, measure, print, then (``serve``) run the daemon."""
-    from service.demo import run_demo, sandbox_settings
+    """Sync the sandbox, measure, propose, print; approve and write back; then (``serve``) the daemon."""
+    from service.demo import apply_demo, run_demo, sandbox_settings
     from service.serve import serve as run_serve
 
     demo_settings = sandbox_settings(settings, sandbox.url, sandbox.access_token, sandbox.ca_path)
     with console.status("starting the embedded PostgreSQL") as status:
         result = run_demo(demo_settings, now=dt.datetime.now(dt.UTC), status=status.update)
-    seconds = time.perf_counter() - started
-    if output is OutputFormat.json:
-        emit_json({"data_dir": str(settings.data_dir), "seconds": round(seconds, 3), **result.as_dict()})
-    else:
-        render.print_demo(result, settings.data_dir, sandbox.url, seconds)
+    table = output is OutputFormat.table
+    if table:
+        render.print_demo(result, settings.data_dir, sandbox.url, time.perf_counter() - started)
     if result.sync.status != "succeeded":
+        if not table:
+            emit_json({"data_dir": str(settings.data_dir), **result.as_dict(), "applied": None})
         raise typer.Exit(1)
+    proposal_id = result.proposal["proposal_id"]
+    approver = approve_as or (_ask(proposal_id) if table and proposal_id is not None else None)
+    applied = None
+    if approver and proposal_id is not None:
+        with console.status("approving") as status:
+            applied = apply_demo(demo_settings, proposal_id, approver=approver, now=dt.datetime.now(dt.UTC),
+                                 status=status.update)  # fmt: skip
+        if table:
+            render.print_applied(result, applied)
+    elif table and proposal_id is not None:
+        console.print(
+            f"proposal {proposal_id} waits for a decision: `territory proposals approve {proposal_id} "
+            "--as NAME` from another shell; the daemon below writes it back to the sandbox"
+        )
+    if not table:
+        emit_json(
+            {"data_dir": str(settings.data_dir), "seconds": round(time.perf_counter() - started, 3),
+             **result.as_dict(), "applied": applied.as_dict() if applied is not None else None}
+        )  # fmt: skip
     if serve:
         where = f"http://{settings.server.host}:{settings.server.port}"
         console.print(
@@ -146,6 +174,19 @@ def _run_demo(
             f"{settings.scheduler.sync_interval_minutes:g} minutes. Ctrl-C stops."
         )
         run_serve(demo_settings)
+
+
+def _ask(proposal_id: int) -> str | None:
+    """At a terminal, who approves the demo's proposal (Enter: nobody now); elsewhere nobody."""
+    if not sys.stdin.isatty():
+        return None
+    answer: str = typer.prompt(
+        f"Approve proposal {proposal_id}? Your name to approve (or `territory proposals approve "
+        f"{proposal_id} --as NAME` from another shell), Enter to leave it",
+        default="",
+        show_default=False,
+    )
+    return answer.strip() or None
 
 
 def serve(ctx: typer.Context) -> None:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:  # the commands import what they run; `territory --help` stays
 
     from monitor.jobs import Health
     from monitor.snapshots import EventChanges
-    from service.demo import DemoResult
+    from service.demo import AppliedResult, DemoResult
 
 DRIFT_ROWS = 15
 """The demo's drift table shows this many of the largest breaches."""
@@ -68,6 +68,7 @@ def print_demo(result: DemoResult, data_dir: Path, sandbox_url: str, seconds: fl
         f"saved snapshot {result.snapshot.snapshot_id}; every metric of every territory: "
         "`territory health`; the report: `territory report --out report.html`"
     )
+    print_rebalance(result.proposal, out)
     out.print(f"done in {seconds:.1f} s")
 
 
@@ -318,3 +319,23 @@ def print_scenarios(docs: Iterable[Mapping[str, Any]]) -> None:
             str(d["proposal_id"] or "-"),
         )  # fmt: skip
     Console().print(table)
+
+
+def print_applied(result: DemoResult, applied: AppliedResult) -> None:
+    """The demo after the approval: what was written, and the balance before and after."""
+    out = Console()
+    for r in applied.writeback:
+        out.print(
+            f"proposal {r['proposal_id']} {r['state']}: {r['written']} moves written to the sandbox, "
+            f"{r['conflicts']} conflicts, {r['failed']} failed"
+        )
+    if applied.resync is not None:
+        out.print(f"re-synced: {applied.resync.one_line()}")
+    before, after = result.snapshot.health, applied.after.health
+    table = Table("metric", "cv before", "cv after", "outside band before", "after",
+                  title="Balance before and after", title_justify="left")  # fmt: skip
+    for name, row in before.balance.iterrows():
+        later = after.balance.loc[str(name)]
+        cells = [f"{v:.3f}" if v == v else "-" for v in (row["cv"], later["cv"])]
+        table.add_row(str(name), *cells, f"{row['outside_band']:.0f}", f"{later['outside_band']:.0f}")
+    out.print(table)

@@ -20,8 +20,9 @@ pytestmark = pytest.mark.e2e
 def test_demo_syncs_measures_and_starts_afresh_each_run(tmp_path: Path) -> None:
     env = {"TERRITORY_DATA_DIR": str(tmp_path / "data")}
     first = run(
-        "demo", "--no-serve", "--accounts", "800", "--reps", "12", "--format", "json", env=env, timeout=300
-    )
+        "demo", "--no-serve", "--accounts", "800", "--reps", "12", "--approve-as", "Sam", "--format", "json",
+        env=env, timeout=300,
+    )  # fmt: skip
     assert first.returncode == 0, first.stderr
     loaded = json.loads(first.stdout)
     assert loaded["sync"]["source"] == "salesforce"
@@ -42,6 +43,19 @@ def test_demo_syncs_measures_and_starts_afresh_each_run(tmp_path: Path) -> None:
         "potential_band", "arr_band", "accounts_band", "utilization_max", "quota_outperformer",
     }  # fmt: skip
     assert (tmp_path / "data" / "pgdata" / "PG_VERSION").is_file()
+    # The proposal, approved as Sam, written back to the sandbox through the real client, re-synced.
+    proposal = loaded["proposal"]
+    assert proposal["proposal_id"] == 1
+    assert proposal["moves"], "the generated org drifts: the demo has moves to propose"
+    applied = loaded["applied"]
+    assert applied["decision"]["decided_by"] == "Sam"
+    [written] = applied["writeback"]
+    assert written["state"] == "applied"
+    assert written["written"] == len(proposal["moves"])
+    assert applied["resync"]["status"] == "succeeded"
+    after = applied["health_after"]
+    assert after["snapshot_id"] == 2
+    assert sum(t["accounts"] for t in after["territories"]) == 800
 
     # A smaller org in the same data folder: the demo's database starts empty, nothing is left over.
     again = run(
