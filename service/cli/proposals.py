@@ -28,22 +28,48 @@ ReasonOption = Annotated[
 ]
 
 
-def _run(ctx: typer.Context, output: OutputFormat, action: Callable[[Any], Any]) -> None:
-    """Open the database, run ``action`` on its engine, print the result; a refusal is exit 2."""
+def _run(
+    ctx: typer.Context, output: OutputFormat, action: Callable[[Any], Any], *, decides: bool = False
+) -> None:
+    """Open the database, run ``action`` on its engine, print the result; a refusal is exit 2.
+
+    After a decision (``decides``) the proposal's Slack message, if it has one, shows it instead of
+    its buttons, as after a click in Slack.
+    """
     from approval.decisions import DecisionRefusedError
 
-    with open_database(settings_of(ctx)) as engine:
+    settings = settings_of(ctx)
+    with open_database(settings) as engine:
         try:
             result = action(engine)
         except DecisionRefusedError as exc:
             typer.echo(f"territory: {exc}", err=True)
             raise typer.Exit(exc.exit_code) from None
+        if decides:
+            _show_in_slack(engine, settings, int(result["id"]))
     if output is OutputFormat.json:
         emit_json(result)
     elif isinstance(result, list):
         render.print_proposals(result)
     else:
         render.print_proposal(result)
+
+
+def _show_in_slack(engine: Any, settings: Any, proposal_id: int) -> None:
+    from slack_sdk.errors import SlackApiError
+
+    from approval.notify import show_decision
+    from approval.slack import client_for
+
+    client = client_for(settings.slack)
+    if client is None:
+        return
+    try:
+        show_decision(engine, client, proposal_id)
+    except SlackApiError as exc:  # the decision stands; the message keeps its buttons until the next try
+        typer.echo(
+            f"territory: decided, but Slack refused the message update: {exc.response['error']}", err=True
+        )
 
 
 def _now() -> dt.datetime:
@@ -97,6 +123,7 @@ def approve_command(
             except_accounts=except_accounts or (),
             reason=reason,
         ),
+        decides=True,
     )
 
 
@@ -117,6 +144,7 @@ def reject_command(
         lambda engine: decisions.reject(
             engine, proposal_id, actor=actor or getpass.getuser(), now=_now(), reason=reason
         ),
+        decides=True,
     )
 
 

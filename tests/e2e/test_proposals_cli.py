@@ -12,6 +12,7 @@ import pytest
 from sqlalchemy import insert, text
 from sqlalchemy.engine import URL
 
+from connectors.sandbox import slack as fake_slack
 from store import migrate
 from store import proposals as props
 from store.db import make_engine
@@ -141,3 +142,20 @@ def test_reject_needs_a_reason_and_unknown_ids_are_refused(stored: tuple[str, li
     assert (rejected["state"], rejected["reason"]) == ("rejected", "bad timing")
     assert "999999" in _refused(_territory(url, "proposals", "show", "999999"))
     assert _refused(_territory(url, "proposals", "cancel", str(first))).startswith("territory: proposal")
+
+
+def test_a_cli_decision_updates_the_proposals_slack_message(stored: tuple[str, list[int]]) -> None:
+    url, ids = stored
+    engine = make_engine(url)
+    with engine.begin() as conn:
+        props.set_slack_message(conn, ids[0], channel="C0APPROVAL", ts="1700000000.000001")
+    engine.dispose()
+    with fake_slack.serve() as (slack, api):
+        env = {"TERRITORY_DATABASE_URL": url, "TERRITORY_SLACK__BOT_TOKEN": slack.token,
+               "TERRITORY_SLACK__API_URL": api}  # fmt: skip
+        result = run("proposals", "approve", str(ids[0]), "--as", "Sam", "--format", "json", env=env)
+        assert result.returncode == 0, result.stderr
+        [update] = slack.calls_of("chat.update")
+    assert update.args["channel"] == "C0APPROVAL"
+    assert update.args["ts"] == "1700000000.000001"
+    assert "Sam" in json.dumps(update.args)
