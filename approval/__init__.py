@@ -1,1 +1,1 @@
-"""Approval of proposals: Slack request verification, Block Kit messages, payload parsing (pure code)."""
+"""Approval of proposals: Slack (signatures, payloads, Block Kit, handlers), CLI decisions, write-back."""

@@ -1,1 +1,1 @@
-"""Territory health: metric definitions, drift rules, snapshots and the Prometheus collector."""
+"""Territory health: the metric catalogue and definitions, drift rules, snapshots, the collector."""

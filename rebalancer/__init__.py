@@ -1,1 +1,1 @@
-"""The rebalancer: the optimiser, rationale and proposal state machine arrive with their issue."""
+"""The rebalancer: the fewest account moves back into band, proven by HiGHS; curve, waves, rationale."""

@@ -1,1 +1,1 @@
-"""Postgres storage shared by connectors, monitor and rebalancer: models, engines, bulk loading."""
+"""PostgreSQL storage: the models, engines, and every table's access, one module per concern."""
