@@ -21,9 +21,10 @@ from collections.abc import Callable
 from pathlib import Path
 
 from pydantic import SecretStr
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, text
 
 from approval.writeback import run_due
+from bench.databases import LOCAL, scratch_database
 from connectors.base import Connector
 from connectors.registry import build_connector
 from connectors.sandbox.generator import DEFAULT_NOW, Org, generate_org
@@ -34,9 +35,7 @@ from service.demo import sandbox_settings
 from service.settings import Settings
 from store import migrate
 from store import proposals as props
-from store.db import ensure_database, make_engine, normalize_url
-
-LOCAL = "postgresql://postgres@127.0.0.1:5432/postgres"
+from store.db import make_engine
 
 
 def _moves(engine: Engine, count: int) -> list[props.NewMove]:
@@ -90,35 +89,38 @@ def main() -> None:
     parser.add_argument("--reps", type=int, default=40)
     parser.add_argument("--database-url", default=LOCAL)
     args = parser.parse_args()
-    server_url = normalize_url(args.database_url)
-    db_name = f"territory_bench_{secrets.token_hex(4)}"
-    engine = make_engine(ensure_database(server_url, db_name))
     org: Org = generate_org(accounts=args.accounts, reps=args.reps, seed=3, now=DEFAULT_NOW)
-    try:
-        migrate.upgrade(engine)
-        with tempfile.TemporaryDirectory(prefix="territory-bench-") as tmp:
-            sf = start_salesforce_sandbox(org, cert_dir=Path(tmp))
-            try:
-                settings = sandbox_settings(Settings(), sf.url, sf.access_token, Path(sf.ca_path))
-                _run("salesforce", engine, build_connector("salesforce", settings), args.moves,
-                     lambda: sf.state.api_used, lambda: sum(sf.state.api_writes.values()))  # fmt: skip
-            finally:
-                sf.stop()
-        with start_hubspot_sandbox(org, now=DEFAULT_NOW) as hs:
-            base = Settings()
-            hubspot = base.hubspot.model_copy(
-                update={"base_url": hs.url, "access_token": SecretStr(hs.access_token),
-                        "search_requests_per_second": 0}
-            )  # fmt: skip
-            crm = build_connector("hubspot", base.model_copy(update={"hubspot": hubspot}))
-            _run("hubspot", engine, crm, args.moves, lambda: hs.state.requests,
-                 lambda: sum(hs.state.api_writes.values()))  # fmt: skip
-    finally:
-        engine.dispose()
-        admin = create_engine(server_url, isolation_level="AUTOCOMMIT")
-        with admin.connect() as conn:
-            conn.execute(text(f'DROP DATABASE IF EXISTS "{db_name}" WITH (FORCE)'))
-        admin.dispose()
+    with scratch_database(args.database_url) as url:
+        engine = make_engine(url)
+        try:
+            migrate.upgrade(engine)
+            _both(engine, org, args.moves)
+        finally:
+            engine.dispose()
+
+
+def _both(engine: Engine, org: Org, moves: int) -> None:
+    """Each sandbox CRM in turn, through its real client."""
+    with tempfile.TemporaryDirectory(prefix="territory-bench-") as tmp:
+        sf = start_salesforce_sandbox(org, cert_dir=Path(tmp))
+        try:
+            settings = sandbox_settings(Settings(), sf.url, sf.access_token, Path(sf.ca_path))
+            _run("salesforce", engine, build_connector("salesforce", settings), moves,
+                 lambda: sf.state.api_used, lambda: sum(sf.state.api_writes.values()))  # fmt: skip
+        finally:
+            sf.stop()
+    with start_hubspot_sandbox(org, now=DEFAULT_NOW) as hs:
+        base = Settings()
+        hubspot = base.hubspot.model_copy(
+            update={
+                "base_url": hs.url,
+                "access_token": SecretStr(hs.access_token),
+                "search_requests_per_second": 0,
+            }
+        )
+        crm = build_connector("hubspot", base.model_copy(update={"hubspot": hubspot}))
+        _run("hubspot", engine, crm, moves, lambda: hs.state.requests,
+             lambda: sum(hs.state.api_writes.values()))  # fmt: skip
 
 
 if __name__ == "__main__":
