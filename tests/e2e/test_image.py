@@ -56,7 +56,9 @@ STAND_IN_PACKAGES = ["python3", "python3-venv", "python-is-python3", "ca-certifi
 STAND_IN_LABEL = 'org.opencontainers.image.description="stand-in made by tests/e2e/test_image.py"'
 UID = "10001:10001"
 GRACE = 25  # scheduler.shutdown_grace_seconds' default; the Deployment allows 40 s
-MAX_IMAGE_BYTES = 600_000_000  # 2026-12: 544 MB on the stand-in base; a jump means something crept in
+# 2026-12-03: 732 MB on the stand-in base (544 MB before pyarrow for the CSV import, highspy for the
+# rebalancer and slack-bolt joined); a jump past this means something crept in.
+MAX_IMAGE_BYTES = 800_000_000
 
 
 def from_images(dockerfile: str) -> list[str]:
