@@ -260,5 +260,10 @@ def propose_from_store(
             if created:
                 superseded = supersede_older(conn, scenario.name, proposal_id, now=now)
     document = as_json(proposal, proposal_id, as_of)
+    if loaded.overridden:
+        document["blocked"].append(
+            f"{loaded.overridden} accounts stay where they are: an approver refused their move, and the "
+            "override holds for its cooldown unless the account's data changes"
+        )
     document |= {"stored": created, "superseded": superseded, "overridden": loaded.overridden}
     return document

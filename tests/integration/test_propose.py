@@ -82,6 +82,8 @@ def test_an_overridden_move_is_not_proposed_again_until_the_data_changes(org_db:
     assert loaded.overridden == 1
     second = _propose(org_db)
     assert left_out not in {m["account_id"] for m in second["moves"]}  # type: ignore[attr-defined]
+    assert second["overridden"] == 1
+    assert any("an approver refused their move" in line for line in second["blocked"])  # type: ignore[attr-defined]
 
 
 def test_an_added_rep_makes_a_what_if_that_cannot_be_approved(org_db: Engine) -> None:
