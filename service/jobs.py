@@ -200,10 +200,9 @@ def propose_and_announce(engine: Engine, settings: Settings, *, now: dt.datetime
     from approval.notify import post_proposal
     from approval.slack import client_for
     from rebalancer.edge import propose_from_store
-    from rebalancer.scenarios import builtin_scenarios
 
     r = settings.rebalancer
-    scenario = builtin_scenarios(settings.rules.drift_rules())[r.scenario]
+    scenario = r.all_scenarios(settings.rules.drift_rules())[r.scenario]
     document = propose_from_store(
         engine,
         scenario,

@@ -18,7 +18,15 @@ from typing import Any, Literal
 
 import platformdirs
 import yaml
-from pydantic import BaseModel, Field, SecretStr, ValidationError, ValidationInfo, field_validator
+from pydantic import (
+    BaseModel,
+    Field,
+    SecretStr,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 from pydantic.fields import FieldInfo
 from pydantic_settings import BaseSettings, PydanticBaseSettingsSource, SettingsConfigDict
 
@@ -115,15 +123,97 @@ class SchedulerSettings(Section):
     )
 
 
+class ScenarioSettings(Section):
+    """A scenario of the operator's, beside the built-in ones (docs/rebalancer.md, "Scenarios")."""
+
+    name: str = Field(pattern=r"^[a-z][a-z0-9_]*$", description="what --scenario calls it")
+    bands: dict[str, float] = Field(default_factory=dict, description="metric: tolerance of its band")
+    limits: dict[str, float] = Field(
+        default_factory=lambda: {"utilization": 1.0}, description="metric: its maximum (a max rule)"
+    )
+    tier_ranges: dict[str, str] = Field(
+        default_factory=dict, description='tier: "MIN:MAX" accounts a territory (MAX may be empty)'
+    )
+    max_moves_per_territory: int | None = Field(None, ge=0)
+    max_moves: int | None = Field(None, ge=0)
+    move_weight: Literal["none", "arr", "tenure"] = "none"
+    secondary: Literal["none", "travel", "industry_fit", "strategic_spread"] = "none"
+    neighbours: list[str] = Field(default_factory=list, description='"REGION:REGION" pairs that share')
+    tenure_lock_months: int = Field(6, ge=0)
+    deal_lock_probability: float = Field(0.5, ge=0, le=1)
+
+    @model_validator(mode="after")
+    def _a_scenario(self) -> ScenarioSettings:
+        self.scenario()  # a metric the rebalancer cannot balance, a bad range: named here, at load
+        return self
+
+    def scenario(self) -> Any:
+        """The ``rebalancer.problem.Scenario`` these settings describe (ValueError naming what is wrong)."""
+        from rebalancer.problem import Band, Limit, MoveWeight, Scenario, Secondary, TierRange
+
+        ranges = []
+        for tier, span in self.tier_ranges.items():
+            low, sep, high = span.partition(":")
+            if not sep or not low.strip().isdigit() or (high.strip() and not high.strip().isdigit()):
+                raise ValueError(f"tier_ranges.{tier}: expected MIN:MAX (MAX may be empty), got {span!r}")
+            ranges.append(TierRange(tier, int(low), int(high) if high.strip() else None))
+        pairs = []
+        for pair in self.neighbours:
+            a, sep, b = pair.partition(":")
+            if not sep or not a.strip() or not b.strip():
+                raise ValueError(f"neighbours: expected REGION:REGION, got {pair!r}")
+            pairs.append((a.strip(), b.strip()))
+        return Scenario(
+            self.name,
+            tuple(Band(m, t) for m, t in self.bands.items()),
+            tuple(Limit(m, v) for m, v in self.limits.items()),
+            tier_ranges=tuple(ranges),
+            max_moves_per_territory=self.max_moves_per_territory,
+            max_moves=self.max_moves,
+            move_weight=MoveWeight(self.move_weight),
+            secondary=Secondary(self.secondary),
+            neighbours=tuple(pairs),
+            tenure_lock_months=self.tenure_lock_months,
+            deal_lock_probability=self.deal_lock_probability,
+        )
+
+
 class RebalancerSettings(Section):
     """The daemon's own proposals (docs/rebalancer.md): after a snapshot whose drift rules fire."""
 
     auto_propose: bool = Field(True, description="propose after a snapshot with fired drift events")
-    scenario: Literal["revenue", "strategic", "growth", "geography"] = Field(
-        "revenue", description="the scenario the daemon (and the demo) proposes with"
-    )
+    scenario: str = Field("revenue", description="the scenario the daemon (and the demo) proposes with")
     time_limit_seconds: float = Field(60, gt=0, le=3600, description="the solver's time limit")
     waves: int = Field(3, ge=1, le=12, description="waves of a proposal, 30 days apart")
+    scenarios: list[ScenarioSettings] = Field(
+        default_factory=list,
+        description="the operator's scenarios, beside revenue, strategic, growth, geography",
+    )
+
+    @model_validator(mode="after")
+    def _known_scenario(self) -> RebalancerSettings:
+        names = [s.name for s in self.scenarios]
+        if len(set(names)) != len(names):
+            raise ValueError(f"scenarios: a name is used twice ({', '.join(sorted(names))})")
+        if self.scenario == "revenue" and not names:
+            return self  # the default: no need to load the rebalancer to check it
+        from rebalancer.scenarios import SCENARIO_NAMES
+
+        clash = sorted(set(names) & set(SCENARIO_NAMES))
+        if clash:
+            raise ValueError(f"scenarios: {', '.join(clash)} is a built-in scenario's name")
+        if self.scenario not in (*SCENARIO_NAMES, *names):
+            raise ValueError(
+                f"scenario: {self.scenario!r} is neither built in ({', '.join(SCENARIO_NAMES)}) "
+                "nor one of rebalancer.scenarios"
+            )
+        return self
+
+    def all_scenarios(self, rules: Any) -> dict[str, Any]:
+        """The built-in scenarios (their bands from the drift ``rules``) and the configured ones, by name."""
+        from rebalancer.scenarios import builtin_scenarios
+
+        return builtin_scenarios(rules) | {s.name: s.scenario() for s in self.scenarios}
 
 
 class WritebackSettings(Section):

@@ -72,9 +72,9 @@ def scenarios_of(
 ) -> list[Any]:
     """The scenarios the options ask for: a built-in one (or ``all``) adjusted by the options."""
     from rebalancer.problem import TierRange
-    from rebalancer.scenarios import builtin_scenarios, override_bands
+    from rebalancer.scenarios import override_bands
 
-    builtin = builtin_scenarios(settings.rules.drift_rules())
+    builtin = settings.rebalancer.all_scenarios(settings.rules.drift_rules())
     if name != "all" and name not in builtin:
         raise _refuse(f"--scenario {name!r}: expected all or one of {', '.join(builtin)}")
     chosen = list(builtin.values()) if name == "all" else [builtin[name]]
@@ -113,7 +113,10 @@ def scenarios_of(
 def propose(
     ctx: typer.Context,
     scenario: Annotated[
-        str, typer.Option("--scenario", help="revenue, strategic, growth, geography or all")
+        str,
+        typer.Option(
+            "--scenario", help="revenue, strategic, growth, geography, one of rebalancer.scenarios, or all"
+        ),
     ] = ("revenue"),
     band: Annotated[
         list[str] | None,

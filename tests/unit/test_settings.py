@@ -184,3 +184,38 @@ def test_a_secret_with_content_is_kept_as_given(monkeypatch: pytest.MonkeyPatch)
     secret = load_settings().webhooks.hubspot_client_secret
     assert secret is not None
     assert secret.get_secret_value() == " s3cret "
+
+
+def test_a_configured_scenario_is_proposed_with_like_a_built_in_one(tmp_path: Path) -> None:
+    body = (
+        "rebalancer:\n  scenario: enterprise\n  scenarios:\n    - name: enterprise\n"
+        "      bands: {potential: 0.08}\n      tier_ranges: {strategic: '2:8'}\n      move_weight: tenure\n"
+    )
+    settings = load_settings(write(tmp_path, body))
+    scenario = settings.rebalancer.all_scenarios(settings.rules.drift_rules())["enterprise"]
+    assert [(b.metric, b.tolerance) for b in scenario.bands] == [("potential", 0.08)]
+    assert [(t.tier, t.minimum, t.maximum) for t in scenario.tier_ranges] == [("strategic", 2, 8)]
+    assert scenario.move_weight == "tenure"
+
+
+@pytest.mark.parametrize(
+    ("body", "expected"),
+    [
+        ("rebalancer:\n  scenario: fairness\n", "rebalancer: Value error, scenario: 'fairness' is neither"),
+        (
+            "rebalancer:\n  scenarios:\n    - name: x\n      bands: {win_rate_12m: 0.1}\n",
+            "rebalancer.scenarios.0: Value error, scenario x: metric 'win_rate_12m' cannot be rebalanced",
+        ),
+        (
+            "rebalancer:\n  scenarios:\n    - name: x\n      tier_ranges: {strategic: two}\n",
+            "rebalancer.scenarios.0: Value error, tier_ranges.strategic: expected MIN:MAX",
+        ),
+        ("rebalancer:\n  scenarios:\n    - name: revenue\n", "revenue is a built-in scenario's name"),
+        ("rebalancer:\n  scenarios:\n    - name: x\n      colour: blue\n", "rebalancer.scenarios.0.colour"),
+    ],
+)
+def test_a_bad_scenario_names_the_key(tmp_path: Path, body: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as info:
+        load_settings(write(tmp_path, body))
+    assert "\n" not in str(info.value)
+    assert expected in str(info.value)
