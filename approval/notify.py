@@ -56,7 +56,7 @@ def build_view(detail: props.ProposalDetail, labels: dict[str, props.MoveLabel])
         for (wave, date), count in sorted(per_wave.items(), key=lambda kv: kv[0][0])
         if date is not None
     ]
-    gap = (detail.solver_report or {}).get("gap")
+    gap = (detail.solver_report or {}).get("optimality_gap")  # as rebalancer.edge stores it
     return bk.ProposalView(
         proposal_id=summary.id,
         scenario=summary.scenario,

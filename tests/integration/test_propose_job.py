@@ -6,6 +6,7 @@ The jobs are called as the scheduler calls them, with a job context whose ``trig
 from __future__ import annotations
 
 import datetime as dt
+import json
 import threading
 
 import pytest
@@ -50,6 +51,8 @@ def test_fired_drift_proposes_once_and_posts_the_proposal_to_slack(db: Engine) -
         posted = slack.calls_of("chat.postMessage")
         assert len(posted) == 1
         assert posted[0].args["channel"] == "C0APPROVAL"
+        assert "optimality gap n/a" not in json.dumps(posted[0].args)  # the solver's proven gap is shown
+        assert "optimality gap" in json.dumps(posted[0].args)
         again = propose_job(db, settings, _context("propose", []))  # the same data: the same proposal
         assert (again["proposal_id"], again["stored"]) == (first["proposal_id"], False)
         assert len(slack.calls_of("chat.postMessage")) == 1

@@ -160,7 +160,7 @@ def world(db: Engine) -> Iterator[World]:
             ],
             before_metrics={"band_violation": 12.5},
             after_metrics={"band_violation": 1.25},
-            solver_report={"gap": 0.0},
+            solver_report={"optimality_gap": 0.0},
         )
     with serve(fake) as (state, base_url):
         client = WebClient(token=state.token, base_url=base_url, timeout=5)

@@ -39,7 +39,7 @@ def test_the_view_names_moves_counts_waves_and_reads_the_solver_figures() -> Non
         _detail(
             before_metrics={"band_violation": 12},
             after_metrics={"band_violation": 1.5},
-            solver_report={"gap": 0.01},
+            solver_report={"optimality_gap": 0.01},
         ),
         labels,
     )
@@ -68,7 +68,7 @@ def test_the_view_names_moves_counts_waves_and_reads_the_solver_figures() -> Non
 
 def test_missing_or_odd_solver_figures_are_zero_and_no_gap() -> None:
     view = notify.build_view(
-        _detail(before_metrics={"band_violation": "lots"}, solver_report={"gap": None}), {}
+        _detail(before_metrics={"band_violation": "lots"}, solver_report={"optimality_gap": None}), {}
     )
     assert (view.violation_before, view.violation_after, view.gap) == (0.0, 0.0, None)
 
