@@ -23,6 +23,7 @@ from sqlalchemy import Connection, Engine, text
 from rebalancer.frames import problem_of
 from rebalancer.problem import Problem, Scenario
 from rebalancer.propose import DEFAULT_TIME_LIMIT, Proposal, propose
+from rebalancer.report import Place, ProposalPage
 from rebalancer.scenarios import add_rep, remove_rep
 from rebalancer.waves import DEFAULT_WAVES
 from store import proposals as props
@@ -267,3 +268,54 @@ def propose_from_store(
         )
     document |= {"stored": created, "superseded": superseded, "overridden": loaded.overridden}
     return document
+
+
+_LOCATED = text(
+    "SELECT id, lat, lon, owner_id FROM accounts WHERE NOT deleted AND lat IS NOT NULL AND lon IS NOT NULL "
+    "AND owner_id IS NOT NULL ORDER BY id"
+)
+_OWNER_PLACES = text("SELECT id, name, home_lat, home_lon FROM owners ORDER BY id")
+MAP_POINTS = 5000  # at most this many accounts on the map (every moved one among them)
+
+
+def report_page(conn: Connection, proposal_id: int, *, now: dt.datetime) -> ProposalPage:
+    """What ``territory report --proposal ID`` draws, read from the store in one transaction."""
+    detail = props.show_proposal(conn, proposal_id)
+    moves = {m.account_id: m for m in detail.move_rows}
+    document = detail.as_json() | {
+        "solver": detail.solver_report or {},
+        "tradeoff": detail.tradeoff or [],
+        "territories": (detail.after_metrics or {}).get("territories", []),
+        "violation_before": (detail.before_metrics or {}).get("band_violation"),
+        "violation_after": (detail.after_metrics or {}).get("band_violation"),
+    }
+    places = []
+    for account_id, lat, lon, owner in conn.execute(_LOCATED):
+        move = moves.get(account_id)
+        places.append(Place(account_id, float(lat), float(lon), move.to_owner_id if move else str(owner)))
+    if len(places) > MAP_POINTS:
+        moved = [p for p in places if p.key in moves]
+        rest = [p for p in places if p.key not in moves]
+        places = moved + rest[:: max(1, len(rest) // max(1, MAP_POINTS - len(moved)))]
+    names: dict[str, str] = {}
+    homes: dict[str, tuple[float, float]] = {}
+    for owner_id, name, lat, lon in conn.execute(_OWNER_PLACES):
+        names[str(owner_id)] = str(name)
+        if lat is not None and lon is not None:
+            homes[str(owner_id)] = (float(lat), float(lon))
+    return ProposalPage(document, places, homes, names, _latest_per_scenario(conn), now)
+
+
+def _latest_per_scenario(conn: Connection) -> list[dict[str, Any]]:
+    latest: dict[str, dict[str, Any]] = {}
+    for summary in props.list_proposals(conn):  # newest first
+        if summary.scenario in latest:
+            continue
+        detail = props.show_proposal(conn, summary.id)
+        latest[summary.scenario] = {
+            "id": summary.id, "scenario": summary.scenario, "state": summary.state, "moves": summary.moves,
+            "violation_before": (detail.before_metrics or {}).get("band_violation"),
+            "violation_after": (detail.after_metrics or {}).get("band_violation"),
+            "gap": (detail.solver_report or {}).get("optimality_gap"),
+        }  # fmt: skip
+    return sorted(latest.values(), key=lambda s: str(s["scenario"]))

@@ -142,6 +142,7 @@ class ProposalDetail:
     after_metrics: dict[str, Any] | None
     solver_report: dict[str, Any] | None
     waves: list[Any] | None
+    tradeoff: list[Any] | None = None
 
     def as_json(self) -> dict[str, Any]:
         """The ``proposals show --format json`` object: the list object, the reason and the moves."""
@@ -336,7 +337,7 @@ def show_proposal(conn: Connection, proposal_id: int) -> ProposalDetail:
     """The proposal with its moves in wave then account order."""
     summary = get_proposal(conn, proposal_id)
     extra = conn.execute(
-        select(_P.c.before_metrics, _P.c.after_metrics, _P.c.solver_report, _P.c.waves).where(
+        select(_P.c.before_metrics, _P.c.after_metrics, _P.c.solver_report, _P.c.waves, _P.c.tradeoff).where(
             _P.c.id == proposal_id
         )
     ).one()
@@ -351,6 +352,7 @@ def show_proposal(conn: Connection, proposal_id: int) -> ProposalDetail:
         after_metrics=extra.after_metrics,
         solver_report=extra.solver_report,
         waves=extra.waves,
+        tradeoff=extra.tradeoff,
     )
 
 

@@ -107,12 +107,23 @@ def report(
             show_default=False,
         ),
     ] = None,
+    proposal: Annotated[
+        int | None,
+        typer.Option("--proposal", help="the report of this stored proposal instead", show_default=False),
+    ] = None,
 ) -> None:
-    """Write the health report: one self-contained HTML file (scorecard, bands, trend, drift, map)."""
+    """Write the health report (or a proposal's): one self-contained HTML file.
+
+    Health: scorecard, bands, trend, drift, map. ``--proposal ID``: the accounts and the moves on a
+    map, every affected territory before and after, the trade-off curve, the scenarios, the move list.
+    """
     from monitor.report import render_report
     from monitor.report_data import load_report
 
     settings = settings_of(ctx)
+    if proposal is not None:
+        _proposal_report(settings, proposal, out)
+        return
     day = as_of_day(as_of)
     with open_database(settings) as engine, engine.connect() as conn:
         data = load_report(
@@ -127,3 +138,18 @@ def report(
         raise typer.Exit(1)
     out.write_text(render_report(data), encoding="utf-8")
     typer.echo(f"wrote {out}: {len(data.territories):,} territories, snapshot as of {data.as_of}")
+
+
+def _proposal_report(settings: Any, proposal_id: int, out: Path) -> None:
+    from rebalancer.edge import report_page
+    from rebalancer.report import render_proposal
+    from store.proposals import ProposalError
+
+    with open_database(settings) as engine, engine.connect() as conn:
+        try:
+            page = report_page(conn, proposal_id, now=dt.datetime.now(dt.UTC))
+        except ProposalError as exc:  # an unknown id
+            typer.echo(f"territory: {exc}", err=True)
+            raise typer.Exit(2) from None
+    out.write_text(render_proposal(page), encoding="utf-8")
+    typer.echo(f"wrote {out}: proposal {proposal_id}, {len(page.proposal['moves'])} moves")

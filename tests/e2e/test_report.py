@@ -36,37 +36,14 @@ from monitor.report_data import load_report
 from service.settings import Settings
 from store import migrate
 from store.db import make_engine
-from tests.helpers.processes import TERRITORY, require_tool
+from tests.helpers.browser import MEASURE
+from tests.helpers.processes import TERRITORY
 from tests.pg import url_text
 
 pytestmark = pytest.mark.e2e
 
 AS_OF = dt.date(2026, 11, 1)
 REPS = 24
-CHROMIUM_FLAGS = (
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-    "--window-size=1000,1000",
-)
-# What each chart of the page drew: its marks, how many have an area on screen, and its own size.
-MEASURE = """
-const out = {};
-for (const svg of document.querySelectorAll('svg[data-chart]')) {
-  const marks = [...svg.querySelectorAll('.mark')];
-  const drawn = marks.filter(m => {
-    const r = m.getBoundingClientRect();
-    return r.width > 0 && r.height > 0 && getComputedStyle(m).fill !== 'none';
-  });
-  const box = svg.getBoundingClientRect();
-  out[svg.dataset.chart] = {marks: marks.length, drawn: drawn.length, width: box.width, height: box.height};
-}
-return out;
-"""
 
 
 @pytest.fixture(scope="module")
@@ -82,25 +59,6 @@ def org_database(fresh_database: Callable[[], URL]) -> Iterator[Engine]:
     take_snapshot(engine, settings.metrics, settings.rules, as_of=AS_OF, kind="on_demand")
     yield engine
     engine.dispose()
-
-
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[Any]:
-    """Headless Chromium with a fresh profile, through Debian's chromedriver."""
-    chromium = require_tool("chromium")
-    driver_path = require_tool("chromedriver")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for flag in (*CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(service=Service(executable_path=driver_path), options=options)
-    try:
-        yield driver
-    finally:
-        driver.quit()
 
 
 def report_command(engine: Engine, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
