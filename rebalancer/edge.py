@@ -20,6 +20,7 @@ import numpy as np
 import pandas as pd
 from sqlalchemy import Connection, Engine, text
 
+from monitor.metrics import haversine_km
 from rebalancer.frames import problem_of
 from rebalancer.problem import Problem, Scenario
 from rebalancer.propose import DEFAULT_TIME_LIMIT, Proposal, propose
@@ -101,6 +102,35 @@ def input_fingerprint(scenario: Scenario, params: Mapping[str, Any], data: str) 
 def effective_date(as_of: dt.date, wave: int) -> dt.date:
     """The day wave ``wave`` is written: the proposal's date, then every ``WAVE_DAYS`` days."""
     return as_of + dt.timedelta(days=WAVE_DAYS * (wave - 1))
+
+
+def comparison(problem: Problem, proposal: Proposal) -> dict[str, float]:
+    """What ``--scenario all`` sets side by side beyond moves and violation: the costs of the moves.
+
+    ``travel_change_km``: the summed change of the great-circle distance from each moved account to
+    its owner's home (monitor.metrics.haversine_km; moves without both locations count 0);
+    ``pipeline_changing_hands``: the open pipeline of the moved accounts; ``relationships_disrupted``:
+    moved accounts with at least a full month with their owner (the risks' ``tenure``).
+    """
+    homes = {t.owner_id: (t.home_lat, t.home_lon) for t in problem.territories}
+    row = {str(a): i for i, a in enumerate(problem.accounts.ids)}
+    acc = problem.accounts
+    change = 0.0
+    for move in proposal.moves:
+        i = row[move.account_id]
+        old, new = homes.get(move.from_owner_id), homes.get(move.to_owner_id)
+        if old is None or new is None or None in (*old, *new):
+            continue
+        lat, lon = np.array([acc.lat[i]]), np.array([acc.lon[i]])
+        before = haversine_km(lat, lon, np.array([old[0]], float), np.array([old[1]], float))[0]
+        after = haversine_km(lat, lon, np.array([new[0]], float), np.array([new[1]], float))[0]
+        if np.isfinite(before) and np.isfinite(after):
+            change += float(after - before)
+    return {
+        "travel_change_km": round(change, 1),
+        "pipeline_changing_hands": float(sum(r.amount for r in proposal.risks if r.kind == "open_pipeline")),
+        "relationships_disrupted": float(sum(1 for r in proposal.risks if r.kind == "tenure")),
+    }
 
 
 def as_json(proposal: Proposal, proposal_id: int | None, as_of: dt.date) -> dict[str, Any]:
@@ -266,7 +296,8 @@ def propose_from_store(
             f"{loaded.overridden} accounts stay where they are: an approver refused their move, and the "
             "override holds for its cooldown unless the account's data changes"
         )
-    document |= {"stored": created, "superseded": superseded, "overridden": loaded.overridden}
+    document |= {"stored": created, "superseded": superseded, "overridden": loaded.overridden,
+                 "comparison": comparison(problem, proposal)}  # fmt: skip
     return document
 
 

@@ -310,12 +310,26 @@ def print_rebalance(doc: Mapping[str, Any], out: Console | None = None) -> None:
 
 def print_scenarios(docs: Iterable[Mapping[str, Any]]) -> None:
     """``--scenario all``: the scenarios side by side."""
-    table = Table("scenario", "status", "moves", "violation before", "after", "gap", "proposal",
-                  title="Scenarios", title_justify="left")  # fmt: skip
+    table = Table(title="Scenarios", title_justify="left")
+    table.add_column("scenario", no_wrap=True, min_width=9)
+    for header in (
+        "status",
+        "moves",
+        "violation",
+        "after",
+        "travel km",
+        "pipeline moved",
+        "tenures",
+        "gap",
+        "id",
+    ):
+        table.add_column(header)
     for d in docs:
         table.add_row(
             d["scenario"], d["status"], str(d["objective"]["moves"]), f"{d['before']['band_violation']:.3f}",
-            f"{d['after']['band_violation']:.3f}", f"{d['solver']['optimality_gap']:.1%}",
+            f"{d['after']['band_violation']:.3f}", f"{d['comparison']['travel_change_km']:+,.0f}",
+            f"{d['comparison']['pipeline_changing_hands']:,.0f}",
+            f"{d['comparison']['relationships_disrupted']:.0f}", f"{d['solver']['optimality_gap']:.1%}",
             str(d["proposal_id"] or "-"),
         )  # fmt: skip
     Console().print(table)

@@ -69,6 +69,13 @@ def test_all_scenarios_side_by_side_and_stored(url: str) -> None:
     assert result.returncode == 0, result.stderr
     docs = json.loads(result.stdout)
     assert [d["scenario"] for d in docs] == ["revenue", "strategic", "growth", "geography"]
+    for doc in docs:
+        assert set(doc["comparison"]) == {
+            "travel_change_km",
+            "pipeline_changing_hands",
+            "relationships_disrupted",
+        }
+        assert doc["comparison"]["relationships_disrupted"] <= len(doc["moves"])
     table = _territory(url, "--scenario", "all")  # the same inputs: the same proposals, printed as a table
     assert table.returncode == 0, table.stderr
     for doc in docs:

@@ -94,3 +94,15 @@ def test_an_added_rep_makes_a_what_if_that_cannot_be_approved(org_db: Engine) ->
     assert any(m["to_owner_id"] == "whatif:New Hire" for m in doc["moves"])  # type: ignore[attr-defined]
     with org_db.begin() as conn, pytest.raises(props.ProposalError, match="what-if"):
         props.approve(conn, int(doc["proposal_id"]), actor="Sam", now=NOW)  # type: ignore[call-overload]
+
+
+def test_the_comparison_counts_what_the_moves_cost(org_db: Engine) -> None:
+    from monitor.frames import load_account_rows
+
+    doc = _propose(org_db, store=False)
+    moved = [m["account_id"] for m in doc["moves"]]  # type: ignore[attr-defined]
+    with org_db.connect() as conn:
+        rows = load_account_rows(conn, NOW.date())
+    pipeline = float(rows.loc[moved, "open_amount"].sum())
+    assert doc["comparison"]["pipeline_changing_hands"] == pytest.approx(pipeline)  # type: ignore[index]
+    assert 0 <= doc["comparison"]["relationships_disrupted"] <= len(moved)  # type: ignore[index]
