@@ -26,10 +26,8 @@ from rebalancer.problem import Problem, Scenario
 from rebalancer.propose import DEFAULT_TIME_LIMIT, Proposal, propose
 from rebalancer.report import Place, ProposalPage
 from rebalancer.scenarios import add_rep, remove_rep
-from rebalancer.waves import DEFAULT_WAVES
+from rebalancer.waves import DEFAULT_WAVES, WAVE_DAYS
 from store import proposals as props
-
-WAVE_DAYS = 30  # waves are this many days apart, the first on the proposal's date
 
 _OWNERS = text(
     "SELECT id, name, coalesce(region, '') AS region, coalesce(team, '') AS team,"
@@ -112,20 +110,17 @@ def comparison(problem: Problem, proposal: Proposal) -> dict[str, float]:
     ``pipeline_changing_hands``: the open pipeline of the moved accounts; ``relationships_disrupted``:
     moved accounts with at least a full month with their owner (the risks' ``tenure``).
     """
-    homes = {t.owner_id: (t.home_lat, t.home_lon) for t in problem.territories}
+    nan = float("nan")
+    homes = {t.owner_id: (t.home_lat or nan, t.home_lon or nan) for t in problem.territories}
     row = {str(a): i for i, a in enumerate(problem.accounts.ids)}
-    acc = problem.accounts
-    change = 0.0
-    for move in proposal.moves:
-        i = row[move.account_id]
-        old, new = homes.get(move.from_owner_id), homes.get(move.to_owner_id)
-        if old is None or new is None or None in (*old, *new):
-            continue
-        lat, lon = np.array([acc.lat[i]]), np.array([acc.lon[i]])
-        before = haversine_km(lat, lon, np.array([old[0]], float), np.array([old[1]], float))[0]
-        after = haversine_km(lat, lon, np.array([new[0]], float), np.array([new[1]], float))[0]
-        if np.isfinite(before) and np.isfinite(after):
-            change += float(after - before)
+    moved = np.array([row[m.account_id] for m in proposal.moves], dtype=np.int64)
+    old = np.array([homes.get(m.from_owner_id, (nan, nan)) for m in proposal.moves], dtype=float).reshape(
+        -1, 2
+    )
+    new = np.array([homes.get(m.to_owner_id, (nan, nan)) for m in proposal.moves], dtype=float).reshape(-1, 2)
+    lat, lon = problem.accounts.lat[moved], problem.accounts.lon[moved]
+    delta = haversine_km(lat, lon, new[:, 0], new[:, 1]) - haversine_km(lat, lon, old[:, 0], old[:, 1])
+    change = float(np.nansum(delta))
     return {
         "travel_change_km": round(change, 1),
         "pipeline_changing_hands": float(sum(r.amount for r in proposal.risks if r.kind == "open_pipeline")),
@@ -175,13 +170,14 @@ def store_proposal(
     as_of: dt.date,
     now: dt.datetime,
     expires_in: dt.timedelta,
+    document: Mapping[str, Any] | None = None,
 ) -> tuple[int, bool]:
     """Store a proposal with moves once per ``fingerprint``; ``(id, created)``.
 
     Each move keeps the owner the CRM must still show when it is written (its current owner now). A
     proposal with no move is not stored (there is nothing to decide); the caller reports it.
     """
-    document = as_json(proposal, None, as_of)
+    document = document or as_json(proposal, None, as_of)
     moves = [
         props.NewMove(
             account_id=m.account_id,
@@ -282,15 +278,17 @@ def propose_from_store(
     proposal = propose(problem, scenario, time_limit=time_limit, waves=waves, with_curve=with_curve)
     params = {"waves": waves, "time_limit": time_limit, "what_ifs": dataclasses.asdict(what_ifs),
               "overridden": loaded.overridden, "scenario": dataclasses.asdict(scenario)}  # fmt: skip
-    proposal_id, created, superseded = None, False, []
+    document = as_json(proposal, None, as_of)
+    created, superseded = False, []
     if store and proposal.moves:
         fingerprint = input_fingerprint(scenario, params, loaded.fingerprint)
         with engine.begin() as conn:
-            proposal_id, created = store_proposal(conn, proposal, fingerprint=fingerprint, params=params,
-                                                  as_of=as_of, now=now, expires_in=expires_in)  # fmt: skip
+            document["proposal_id"], created = store_proposal(
+                conn, proposal, fingerprint=fingerprint, params=params, as_of=as_of, now=now,
+                expires_in=expires_in, document=document,
+            )  # fmt: skip
             if created:
-                superseded = supersede_older(conn, scenario.name, proposal_id, now=now)
-    document = as_json(proposal, proposal_id, as_of)
+                superseded = supersede_older(conn, scenario.name, document["proposal_id"], now=now)
     if loaded.overridden:
         document["blocked"].append(
             f"{loaded.overridden} accounts stay where they are: an approver refused their move, and the "

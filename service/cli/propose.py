@@ -139,8 +139,14 @@ def propose(
     remove_rep: Annotated[
         list[str] | None, typer.Option("--remove-rep", help="an owner id whose book is redistributed")
     ] = None,
-    waves: Annotated[int, typer.Option("--waves", min=1, max=12, help="waves, 30 days apart")] = 3,
-    time_limit: Annotated[float, typer.Option("--time-limit", min=1.0, help="solver seconds")] = 60.0,
+    waves: Annotated[
+        int | None,
+        typer.Option("--waves", min=1, max=12, help="waves, 30 days apart [config: rebalancer.waves]"),
+    ] = None,
+    time_limit: Annotated[
+        float | None,
+        typer.Option("--time-limit", min=1.0, help="solver seconds [config: rebalancer.time_limit_seconds]"),
+    ] = None,
     as_of: Annotated[
         dt.datetime | None, typer.Option("--as-of", formats=["%Y-%m-%d"], help="default: today (UTC)")
     ] = None,
@@ -151,6 +157,8 @@ def propose(
     from rebalancer.edge import WhatIfs, propose_from_store
 
     settings = settings_of(ctx)
+    waves = waves or settings.rebalancer.waves
+    time_limit = time_limit or settings.rebalancer.time_limit_seconds
     chosen = scenarios_of(
         settings,
         scenario,
