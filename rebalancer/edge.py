@@ -23,6 +23,7 @@ from sqlalchemy import Connection, Engine, text
 from monitor.metrics import haversine_km
 from rebalancer.frames import problem_of
 from rebalancer.problem import Problem, Scenario
+from rebalancer.progress import Observer
 from rebalancer.propose import DEFAULT_TIME_LIMIT, Proposal, propose
 from rebalancer.report import Place, ProposalPage
 from rebalancer.scenarios import add_rep, remove_rep
@@ -266,6 +267,7 @@ def propose_from_store(
     time_limit: float = DEFAULT_TIME_LIMIT,
     store: bool = True,
     with_curve: bool = True,
+    observer: Observer | None = None,
 ) -> dict[str, Any]:
     """Load, solve, and (unless ``store`` is false) store once: the ``propose --format json`` document.
 
@@ -275,7 +277,9 @@ def propose_from_store(
     with engine.connect() as conn:
         loaded = load_problem(conn, as_of, touches, now=now)
     problem = what_ifs.apply(loaded.problem)
-    proposal = propose(problem, scenario, time_limit=time_limit, waves=waves, with_curve=with_curve)
+    proposal = propose(
+        problem, scenario, time_limit=time_limit, waves=waves, with_curve=with_curve, observer=observer
+    )
     params = {"waves": waves, "time_limit": time_limit, "what_ifs": dataclasses.asdict(what_ifs),
               "overridden": loaded.overridden, "scenario": dataclasses.asdict(scenario)}  # fmt: skip
     document = as_json(proposal, None, as_of)

@@ -23,6 +23,7 @@ import numpy as np
 from rebalancer.heuristic import Limits
 from rebalancer.model import Instance, violation_of
 from rebalancer.problem import FloatArray, IntArray
+from rebalancer.progress import Watch
 
 SEED: Final = 0
 _INF: Final = highspy.kHighsInf
@@ -241,17 +242,18 @@ class Model:
         return chosen
 
     def stage(
-        self, cost: FloatArray, time_limit: float, warm: IntArray | None
+        self, cost: FloatArray, time_limit: float, warm: IntArray | None, watch: Watch | None = None
     ) -> tuple[StageResult, IntArray | None]:
-        """Minimise ``cost`` over the columns within ``time_limit`` seconds, warm-started from ``warm``.
+        """Minimise ``cost`` over the columns within ``time_limit`` seconds, warm-started from ``warm``;
+        ``watch`` sees the incumbent and the bound as HiGHS proves them (rebalancer/progress.py).
 
         HiGHS 1.16 can hand back the warm-start vector with the objective of another solution after a
         presolved re-solve; a solution whose cost is not the reported objective is re-solved cold.
         """
         started = time.perf_counter()
-        outcome = self._run(cost, time_limit, warm)
+        outcome = self._watched(cost, time_limit, warm, watch)
         if warm is not None and outcome[3] is not None and not self._consistent(cost, outcome[1]):
-            outcome = self._run(cost, time_limit - (time.perf_counter() - started), None)
+            outcome = self._watched(cost, time_limit - (time.perf_counter() - started), None, watch)
         status, objective, bound, found = outcome
         seconds = time.perf_counter() - started
         return StageResult(status, objective, min(bound, objective), seconds), found
@@ -259,6 +261,29 @@ class Model:
     def _consistent(self, cost: FloatArray, objective: float) -> bool:
         columns = np.asarray(self.h.getSolution().col_value, dtype=np.float64)
         return abs(float(cost @ columns) - objective) <= 1e-6 * (1.0 + abs(objective))
+
+    def _watched(
+        self, cost: FloatArray, time_limit: float, warm: IntArray | None, watch: Watch | None
+    ) -> tuple[str, float, float, IntArray | None]:
+        """``_run`` with HiGHS' MIP callbacks feeding ``watch``: an improving solution hands over its
+        columns, the periodic interrupt check only the bounds (the callbacks never interrupt)."""
+        if watch is None:
+            return self._run(cost, time_limit, warm)
+
+        def improving(event: Any) -> None:
+            out = event.data_out
+            watch(out.mip_primal_bound, out.mip_dual_bound, np.asarray(out.mip_solution))
+
+        def interrupt(event: Any) -> None:
+            watch(event.data_out.mip_primal_bound, event.data_out.mip_dual_bound, None)
+
+        self.h.cbMipImprovingSolution.subscribe(improving)
+        self.h.cbMipInterrupt.subscribe(interrupt)
+        try:
+            return self._run(cost, time_limit, warm)
+        finally:
+            self.h.cbMipImprovingSolution.unsubscribe(improving)
+            self.h.cbMipInterrupt.unsubscribe(interrupt)
 
     def _run(
         self, cost: FloatArray, time_limit: float, warm: IntArray | None

@@ -10,6 +10,7 @@ from __future__ import annotations
 import math
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Final
@@ -22,7 +23,15 @@ from rebalancer.heuristic import Limits
 from rebalancer.highs import StageResult, instance_violation
 from rebalancer.model import FREE, LOCK_NAMES, Compiled, Instance, compile_problem
 from rebalancer.problem import FloatArray, IntArray, Problem, Scenario, Secondary
-from rebalancer.solve import CurvePoint, InstanceSolution, curve, improve_moves, solve_instance
+from rebalancer.progress import Observer, Part, Tracker
+from rebalancer.solve import (
+    CurvePoint,
+    InstanceSolution,
+    curve,
+    improve_moves,
+    instance_base,
+    solve_instance,
+)
 from rebalancer.waves import DEFAULT_WAVES, plan_waves
 
 DEFAULT_TIME_LIMIT: Final = 60.0
@@ -119,6 +128,7 @@ class Solved:
     solutions: tuple[tuple[Instance, InstanceSolution], ...]
     seconds: float
     heuristic_seconds: float
+    tracker: Tracker | None = field(default=None, repr=False)  # the live progress, when watched
 
 
 class _Budget:
@@ -153,9 +163,14 @@ def _apply(owner: IntArray, inst: Instance, chosen: IntArray) -> None:
 
 
 def solve(
-    problem: Problem, scenario: Scenario, time_limit: float = DEFAULT_TIME_LIMIT, workers: int = 2
+    problem: Problem,
+    scenario: Scenario,
+    time_limit: float = DEFAULT_TIME_LIMIT,
+    workers: int = 2,
+    observer: Observer | None = None,
 ) -> Solved:
-    """The optimal assignment over the candidate sets, group by group in parallel."""
+    """The optimal assignment over the candidate sets, group by group in parallel; ``observer`` sees
+    the best solution known, the proven bound and the time left while it runs."""
     started = time.perf_counter()
     c = compile_problem(problem, scenario)
     limits = Limits(scenario.max_moves_per_territory, scenario.max_moves)
@@ -163,11 +178,23 @@ def solve(
     instances = whole if scenario.max_moves is not None else [p for i in whole for p in split(i)]
     instances.sort(key=lambda i: -len(i.arc_acc))
     budget = _Budget(started + time_limit, [len(i.arc_acc) + 1 for i in instances], max(1, workers))
+    tracker = None
+    if observer is not None:
+        bases = [instance_base(i) for i in instances]
+        outside = total_violation(c, c.owner) - sum(bases)
+        tracker = Tracker(observer, started + time_limit, bases, outside)
+
+    def part(k: int) -> Part | None:
+        return tracker.part(k) if tracker is not None else None
+
     with ThreadPoolExecutor(max_workers=max(1, workers)) as pool:
         results = list(
-            pool.map(lambda k: solve_instance(instances[k], limits, budget.take(k)), range(len(instances)))
+            pool.map(
+                lambda k: solve_instance(instances[k], limits, budget.take(k), part(k)),
+                range(len(instances)),
+            )
         )
-        results = _second_chance(pool, instances, results, limits, started + time_limit, workers)
+        results = _second_chance(pool, instances, results, limits, started + time_limit, workers, part=part)
     owner = c.owner.copy()
     h_owner: IntArray | None = c.owner.copy()
     for inst, sol in zip(instances, results, strict=True):
@@ -179,7 +206,8 @@ def solve(
             h_owner = None
     seconds = time.perf_counter() - started
     h_seconds = sum(s.heuristic_seconds for s in results)
-    return Solved(c, owner, h_owner, tuple(zip(instances, results, strict=True)), seconds, h_seconds)
+    solutions = tuple(zip(instances, results, strict=True))
+    return Solved(c, owner, h_owner, solutions, seconds, h_seconds, tracker)
 
 
 def _second_chance(
@@ -189,6 +217,8 @@ def _second_chance(
     limits: Limits,
     deadline: float,
     workers: int,
+    *,
+    part: Callable[[int], Part | None],
 ) -> list[InstanceSolution]:
     """The time left after every part had its turn goes to the parts stopped by the time limit."""
     retry = [k for k, r in enumerate(results) if r.moves.status == "time_limit" and r.chosen is not None]
@@ -198,7 +228,9 @@ def _second_chance(
     budget = _Budget(deadline, [len(instances[k].arc_acc) + 1 for k in retry], max(1, workers))
     better = list(
         pool.map(
-            lambda i: improve_moves(instances[retry[i]], limits, results[retry[i]], budget.take(i)),
+            lambda i: improve_moves(
+                instances[retry[i]], limits, results[retry[i]], budget.take(i), part(retry[i])
+            ),
             range(len(retry)),
         )
     )
@@ -235,11 +267,6 @@ def solver_report(solved: Solved) -> SolverReport:
     status = "optimal" if statuses <= {"optimal"} else sorted(statuses - {"optimal"})[0]
     gap = StageResult(status, objective, bound, 0.0).gap
     return SolverReport("highs", status, solved.seconds, bound, gap, max(v_bound, 0.0))
-
-
-def instance_base(inst: Instance) -> float:
-    """The instance's violation before any move."""
-    return instance_violation(inst, np.full(len(inst.acc), -1, dtype=np.int64))
 
 
 def curve_ks(full_fix: int, points: int = CURVE_POINTS) -> list[int]:
@@ -289,7 +316,9 @@ def part_curves(solved: Solved, full_fix: int, time_limit: float) -> tuple[Curve
     values, bounds, statuses = np.zeros(1), np.zeros(1), {"optimal"}
     total = sum(int(((s.chosen >= 0) & ~i.orphan).sum()) for i, s in solved.solutions if s.chosen is not None)
     dense = total <= DENSE_CURVE_MOVES
-    for inst, sol in solved.solutions:
+    for done, (inst, sol) in enumerate(solved.solutions):
+        if solved.tracker is not None:
+            solved.tracker.curve(done, len(solved.solutions), started + time_limit)
         if sol.chosen is None:
             continue
         m = int(((sol.chosen >= 0) & ~inst.orphan).sum())
@@ -388,9 +417,11 @@ def propose(
     waves: int = DEFAULT_WAVES,
     with_curve: bool = True,
     workers: int = 2,
+    observer: Observer | None = None,
 ) -> Proposal:
-    """The proposal of ``scenario`` on ``problem``: moves with rationale and waves, the solver's report."""
-    solved = solve(problem, scenario, time_limit, workers)
+    """The proposal of ``scenario`` on ``problem``: moves with rationale and waves, the solver's report;
+    ``observer`` sees the solve's progress (rebalancer/progress.py), then the curve's."""
+    solved = solve(problem, scenario, time_limit, workers, observer)
     c = solved.compiled
     owner, after_owner = c.owner, solved.owner_after
     v_before, v_after = total_violation(c, owner), total_violation(c, after_owner)

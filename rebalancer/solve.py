@@ -16,6 +16,7 @@ from rebalancer.heuristic import Limits, heuristic
 from rebalancer.highs import Model, StageResult, instance_violation
 from rebalancer.model import Instance
 from rebalancer.problem import IntArray, Secondary
+from rebalancer.progress import Part, unwatched
 
 _TOL: Final = 1e-7
 STAGE_SHARE: Final = (0.45, 0.85)  # of the time left: violation stage, then moves stage
@@ -37,6 +38,11 @@ def _moves(inst: Instance, chosen: IntArray) -> float:
     return float(inst.cost[chosen >= 0].sum())
 
 
+def instance_base(inst: Instance) -> float:
+    """The instance's violation before any move."""
+    return instance_violation(inst, np.full(len(inst.acc), -1, dtype=np.int64))
+
+
 def _costs(model: Model, what: str) -> np.ndarray:
     inst = model.inst
     cost = np.zeros(model.n_col)
@@ -49,25 +55,37 @@ def _costs(model: Model, what: str) -> np.ndarray:
     return cost
 
 
-def solve_instance(inst: Instance, limits: Limits, time_limit: float) -> InstanceSolution:
-    """Violation first, then (weighted) moves, then the secondary aim, each bounded by the time left."""
+def solve_instance(
+    inst: Instance, limits: Limits, time_limit: float, part: Part | None = None
+) -> InstanceSolution:
+    """Violation first, then (weighted) moves, then the secondary aim, each bounded by the time left;
+    ``part`` hears of every solution and bound on the way (rebalancer/progress.py)."""
+    part = part or unwatched()
     started = time.perf_counter()
     warm = heuristic(inst, limits)
     h_seconds = time.perf_counter() - started
+    if warm is not None:
+        part.solution(instance_violation(inst, warm), _moves(inst, warm))
     model = Model(inst, limits)
+    moves_cost = _costs(model, "moves")
     left = time_limit - (time.perf_counter() - started)
     if warm is not None and instance_violation(inst, warm) <= 1e-9:
         first, chosen = StageResult("optimal", 0.0, 0.0, 0.0), warm
     else:
-        first, found = model.stage(_costs(model, "violation"), STAGE_SHARE[0] * left, warm)
+        watch = part.watch("violation", moves_cost)
+        first, found = model.stage(_costs(model, "violation"), STAGE_SHARE[0] * left, warm, watch)
         if found is None:
             none = StageResult(first.status, float("inf"), first.bound, 0.0)
+            part.finished(instance_base(inst), 0.0, 0.0)
             return InstanceSolution(None, first, none, None, warm, h_seconds)
         chosen = found
     v_star = max(first.objective, instance_violation(inst, chosen))
+    part.solution(v_star, _moves(inst, chosen))
+    part.proven("violation_bound", first.bound)
     model.fix(model.row_violation, v_star * (1 + _TOL) + _TOL)
     left = time_limit - (time.perf_counter() - started)
-    second, found = model.stage(_costs(model, "moves"), STAGE_SHARE[1] * left, chosen)
+    watch = part.watch("moves", moves_cost)
+    second, found = model.stage(moves_cost, STAGE_SHARE[1] * left, chosen, watch)
     chosen = found if found is not None else chosen
     second = _honest(second, _moves(inst, chosen))
     third = None
@@ -76,11 +94,12 @@ def solve_instance(inst: Instance, limits: Limits, time_limit: float) -> Instanc
         left = time_limit - (time.perf_counter() - started)
         third, found = model.stage(_costs(model, "secondary"), left, chosen)
         chosen = found if found is not None else chosen
+    part.finished(v_star, second.objective, second.bound)
     return InstanceSolution(chosen, first, second, third, warm, h_seconds)
 
 
 def improve_moves(
-    inst: Instance, limits: Limits, sol: InstanceSolution, time_limit: float
+    inst: Instance, limits: Limits, sol: InstanceSolution, time_limit: float, part: Part | None = None
 ) -> InstanceSolution:
     """A second moves stage for a part stopped by the time limit, warm-started from its answer.
 
@@ -88,10 +107,12 @@ def improve_moves(
     """
     if sol.chosen is None:
         return sol
+    part = part or unwatched()
     model = Model(inst, limits)
     v_star = max(sol.violation.objective, instance_violation(inst, sol.chosen))
     model.fix(model.row_violation, v_star * (1 + _TOL) + _TOL)
-    result, found = model.stage(_costs(model, "moves"), time_limit, sol.chosen)
+    cost = _costs(model, "moves")
+    result, found = model.stage(cost, time_limit, sol.chosen, part.watch("moves", cost))
     chosen = sol.chosen
     if found is not None and _moves(inst, found) < _moves(inst, chosen) - 1e-9:
         chosen = found
@@ -99,6 +120,8 @@ def improve_moves(
     bound = max(sol.moves.bound, min(result.bound if np.isfinite(result.bound) else 0.0, objective))
     status = "optimal" if objective - bound < 1e-6 else result.status
     seconds = sol.moves.seconds + result.seconds
+    part.solution(None, objective)
+    part.proven("moves_bound", bound)
     moves = StageResult(status, objective, bound, seconds)
     return InstanceSolution(
         chosen, sol.violation, moves, sol.secondary, sol.heuristic_chosen, sol.heuristic_seconds

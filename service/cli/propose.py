@@ -174,7 +174,7 @@ def propose(
     documents = []
     with open_database(settings) as engine:
         for sc in chosen:
-            with render.solving(sc.name, time_limit, quiet=output is OutputFormat.json):
+            with render.solving(sc.name, time_limit, quiet=output is OutputFormat.json) as observer:
                 try:
                     documents.append(
                         propose_from_store(
@@ -188,6 +188,7 @@ def propose(
                             waves=waves,
                             time_limit=time_limit,
                             store=not dry_run,
+                            observer=observer,
                         )
                     )
                 except ValueError as exc:  # a what-if naming an unknown rep, say

@@ -7,6 +7,7 @@ settings, so a new command group renders with what is here or adds its own funct
 from __future__ import annotations
 
 import contextlib
+import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -22,6 +23,7 @@ if TYPE_CHECKING:  # the commands import what they run; `territory --help` stays
 
     from monitor.jobs import Health
     from monitor.snapshots import EventChanges
+    from rebalancer.progress import Progress as SolveProgress
     from service.demo import AppliedResult, DemoResult
 
 DRIFT_ROWS = 15
@@ -266,15 +268,44 @@ def print_apply(result: dict[str, Any], sync_line: str | None) -> None:
 # --- territory propose ---------------------------------------------------------------------------------
 
 
+class _SolverStatus:
+    """The status line of a running solve, rendered afresh on every refresh so the time left counts
+    down between the solver's reports."""
+
+    def __init__(self, scenario: str, time_limit: float) -> None:
+        self.scenario, self.time_limit = scenario, time_limit
+        self.seen: tuple[SolveProgress, float] | None = None  # the last report and when it came
+
+    def __call__(self, progress: SolveProgress) -> None:  # the rebalancer's observer, from its threads
+        self.seen = (progress, time.monotonic())
+
+    def __rich__(self) -> str:
+        if self.seen is None:
+            return f"solving {self.scenario} (HiGHS, at most {self.time_limit:g} s): preparing"
+        p, at = self.seen
+        left = max(p.seconds_left - (time.monotonic() - at), 0.0)
+        what = "trade-off curve" if p.phase == "curve" else "parts"
+        return (
+            f"solving {self.scenario}: {what} {p.done}/{p.parts} · band violation {p.violation:.3f} "
+            f"(proven >= {p.violation_bound:.3f}) · moves {p.moves:.4g} (proven >= {p.moves_bound:.4g}) · "
+            f"{left:.0f} s left"
+        )
+
+
 @contextlib.contextmanager
-def solving(scenario: str, time_limit: float, *, quiet: bool) -> Iterator[None]:
-    """A spinner on stderr while the solver runs (nothing with ``--format json`` or off a terminal)."""
-    console = Console(stderr=True)
+def solving(
+    scenario: str, time_limit: float, *, quiet: bool, console: Console | None = None
+) -> Iterator[_SolverStatus | None]:
+    """The solver's progress on stderr while it runs: the best solution known (band violation, moves),
+    the proven bounds, the time left. Yields the observer to hand the rebalancer; nothing (None) with
+    ``--format json`` or off a terminal."""
+    console = console or Console(stderr=True)
     if quiet or not console.is_terminal:
-        yield
+        yield None
         return
-    with console.status(f"solving {scenario} (HiGHS, at most {time_limit:g} s)"):
-        yield
+    status = _SolverStatus(scenario, time_limit)
+    with console.status(status):
+        yield status
 
 
 def _gap(solver: Mapping[str, Any]) -> str:
