@@ -284,11 +284,10 @@ class _SolverStatus:
             return f"solving {self.scenario} (HiGHS, at most {self.time_limit:g} s): preparing"
         p, at = self.seen
         left = max(p.seconds_left - (time.monotonic() - at), 0.0)
-        what = "trade-off curve" if p.phase == "curve" else "parts"
-        return (
-            f"solving {self.scenario}: {what} {p.done}/{p.parts} · band violation {p.violation:.3f} "
-            f"(proven >= {p.violation_bound:.3f}) · moves {p.moves:.4g} (proven >= {p.moves_bound:.4g}) · "
-            f"{left:.0f} s left"
+        what = "curve" if p.phase == "curve" else "parts"
+        return (  # each figure of the best solution known, then its proven bound (fits 80 columns)
+            f"{self.scenario} · {what} {p.done}/{p.parts} · violation {p.violation:.3f} ≥ "
+            f"{p.violation_bound:.3f} · moves {p.moves:.4g} ≥ {p.moves_bound:.4g} · {left:.0f} s left"
         )
 
 

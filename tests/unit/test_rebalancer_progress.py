@@ -73,8 +73,8 @@ def test_the_status_line_shows_incumbent_bound_and_time_left(org: tuple[Problem,
     parts = status.seen[0].parts if status.seen else 0
     moves = f"{proposal.objective.disruption:.4g}"
     # The last line drawn is the finished solve: every part done, the moves equal to their bound.
-    assert f"solving revenue: parts {parts}/{parts} · band violation" in shown
-    assert f"moves {moves} (proven >= {moves})" in shown
+    assert f"revenue · parts {parts}/{parts} · violation " in shown
+    assert f"moves {moves} ≥ {moves} · " in shown
     assert re.search(r"· \d+ s left", shown)
     with solving(scenario.name, 30.0, quiet=True, console=console) as nothing:
         assert nothing is None  # --format json: no observer, so HiGHS runs with no callback
