@@ -54,6 +54,7 @@ class ObjectSummary:
     rows_deleted: int = 0
     rows_quarantined: int = 0
     rows_skipped: int = 0  # older than or identical to the stored copy, or an older duplicate in a batch
+    history_quarantined: int = 0  # accounts: rows of the export's ownership history quarantined
     seconds: float = 0.0
     db_seconds: float = 0.0  # time spent in the database (COPY, upsert, history, cursor)
     error: str | None = None

@@ -128,7 +128,7 @@ class SyncSummary:
             f"{self.total('rows_read'):,} read,",
             f"{self.total('rows_upserted'):,} upserted,",
             f"{self.total('rows_deleted'):,} deleted,",
-            f"{self.total('rows_quarantined'):,} quarantined",
+            f"{self.total('rows_quarantined') + self.total('history_quarantined'):,} quarantined",
             f"in {self.seconds:.1f} s",
         ]
         errors = [f"{o.object}: {o.error}" for o in self.objects if o.error]
@@ -236,7 +236,8 @@ def _sync_object(
             if obj is CrmObject.accounts and isinstance(connector, HistorySource):
                 with conn.begin():
                     relaxed_commit(conn)
-                    if history.missing(conn):
+                    # Read while an account lacks a current row or a row of the file waits in the quarantine.
+                    if history.missing(conn) or quarantine.has_open(conn, source, "assignments"):
                         _seed_history(conn, state, connector.history())
                     _open_missing_history(conn, state)
         summary.status = "succeeded"
@@ -350,21 +351,16 @@ def _open_missing_history(conn: Connection, state: BatchState) -> None:
 
 
 def _seed_history(conn: Connection, state: BatchState, chunks: Iterable[pd.DataFrame]) -> None:
-    """Seed the history of accounts that have none from the export's assignments.
+    """Seed the history from the export's assignments (store/history.py says which rows go in).
 
-    Rows naming an unknown account or owner, with unparseable dates, or a second current row for one
-    account go to the quarantine (object ``assignments``).
+    A row that fails a check (its own fields, or against the other rows and the store) goes to the
+    quarantine (object ``assignments``); an account all of whose rows pass has its quarantined rows
+    resolved.
     """
     bad: list[tuple[str, str, dict[str, Any]]] = []  # record id, reason, raw row
     history.stage_history(conn, _checked_history(chunks, bad))
-    for account_id, owner_id, start, end, account_known, owner_known in history.take_bad_history(conn):
-        reason = (
-            f"unknown account: {account_id}"
-            if not account_known
-            else f"unknown owner: {owner_id}"
-            if not owner_known
-            else "a second current assignment of the account"
-        )
+    failed, duplicates = history.take_bad_history(conn)
+    for account_id, owner_id, start, end, reason in failed:
         raw = {
             "account_id": account_id,
             "owner_id": owner_id,
@@ -372,8 +368,12 @@ def _seed_history(conn: Connection, state: BatchState, chunks: Iterable[pd.DataF
             "end_date": end and str(end),
         }
         bad.append((f"{account_id}:{start}", reason, raw))
+    if quarantine.has_open(conn, state.source, "assignments"):  # accounts whose history is clean now
+        clean = history.staged_accounts(conn) - {str(raw["account_id"]) for _, _, raw in bad}
+        quarantine.resolve_by_field(conn, state.source, "assignments", "account_id", sorted(clean))
     rows = [(rid, why, json.dumps(json_safe(raw), default=str)) for rid, why, raw in bad]
     quarantine.put(conn, source=state.source, obj="assignments", run_id=state.run_id, rejected=rows)
+    state.summary.history_quarantined += len(bad)
     seeded = history.seed_staged(conn)
     log.info(
         "assignment history seeded",
@@ -381,6 +381,7 @@ def _seed_history(conn: Connection, state: BatchState, chunks: Iterable[pd.DataF
             "sync_run_id": state.run_id,
             "source": state.source,
             "seeded": seeded,
+            "duplicates": duplicates,
             "quarantined": len(bad),
         },
     )

@@ -183,44 +183,74 @@ def stage_history(conn: Connection, chunks: Iterable[bytes]) -> None:
     conn.execute(text("ANALYZE history_stage"))
 
 
-def take_bad_history(conn: Connection) -> list[tuple[str, str, dt.date, dt.date | None, bool, bool]]:
-    """Remove from ``history_stage`` the rows naming an unknown account or owner, and all but the last
-    current row of an account; returns them in export order as (account, owner, start, end, account
-    known, owner known)."""
-    conn.execute(
+# The export's rows against each other and the store, in order; a row fails at its first reason.
+_STAGED_CHECKS: Final = (
+    # The references, then one current row per account (the last in export order stays), then a current
+    # row must name the account's owner (what accounts.csv says, stored just before).
+    """
+    SELECT s._pos, CASE
+      WHEN a.id IS NULL THEN 'unknown account: ' || s.account_id
+      WHEN o.id IS NULL THEN 'unknown owner: ' || s.owner_id
+      WHEN s.open_rank > 1 THEN 'a second current assignment of the account'
+      WHEN s.end_date IS NULL AND a.owner_id IS DISTINCT FROM s.owner_id THEN
+        'the current assignment names owner ' || s.owner_id || ', the account''s owner is '
+        || coalesce(a.owner_id, 'none')
+    END AS reason
+    FROM (SELECT h.*, CASE WHEN h.end_date IS NULL THEN row_number() OVER
+          (PARTITION BY h.account_id, h.end_date IS NULL ORDER BY h._pos DESC) END AS open_rank
+          FROM history_stage h) s
+    LEFT JOIN accounts a ON a.id = s.account_id LEFT JOIN owners o ON o.id = s.owner_id
+    """,
+    # Tenures of one account may not overlap ([start, end), an open end lasting for ever): a row that
+    # starts before an earlier-starting row of the account ends is the one that goes.
+    """
+    SELECT s._pos, 'overlaps an earlier tenure of the account, which ends '
+      || CASE WHEN s.earlier_end = 'infinity' THEN 'never (a current one)' ELSE s.earlier_end::text END
+      AS reason
+    FROM (SELECT h._pos, h.start_date, max(coalesce(h.end_date, 'infinity')) OVER (
+            PARTITION BY h.account_id ORDER BY h.start_date, h._pos
+            ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS earlier_end
+          FROM history_stage h) s
+    WHERE s.start_date < s.earlier_end
+    """,
+)
+
+
+def take_bad_history(conn: Connection) -> tuple[list[tuple[str, str, dt.date, dt.date | None, str]], int]:
+    """Check the rows in ``history_stage`` against each other and the store (docs/csv-format.md,
+    "Ownership history"): an exact duplicate is dropped (the first stays), and each row that fails a
+    check is removed. Returns the removed rows in export order as (account, owner, start, end, reason),
+    and how many duplicates were dropped."""
+    dropped = conn.execute(
         text(
-            "CREATE TEMP TABLE history_bad ON COMMIT DROP AS "
-            "SELECT s._pos, s.account_id, s.owner_id, s.start_date, s.end_date, "
-            "a.id IS NOT NULL AS account_known, o.id IS NOT NULL AS owner_known "
-            "FROM (SELECT h.*, CASE WHEN h.end_date IS NULL THEN row_number() OVER "
-            "(PARTITION BY h.account_id, h.end_date IS NULL ORDER BY h._pos DESC) END AS open_rank "
-            "FROM history_stage h) s "
-            "LEFT JOIN accounts a ON a.id = s.account_id LEFT JOIN owners o ON o.id = s.owner_id "
-            "WHERE a.id IS NULL OR o.id IS NULL OR s.open_rank > 1"
+            "DELETE FROM history_stage h USING history_stage first "
+            "WHERE (h.account_id, h.owner_id, h.start_date) = (first.account_id, first.owner_id, "
+            "first.start_date) AND h.end_date IS NOT DISTINCT FROM first.end_date AND first._pos < h._pos"
+        ),
+        execution_options=_COUNTED,
+    ).rowcount
+    conn.execute(
+        text("CREATE TEMP TABLE history_bad (_pos bigint, account_id text, owner_id text, "
+             "start_date date, end_date date, reason text) ON COMMIT DROP")
+    )  # fmt: skip
+    for check in _STAGED_CHECKS:  # each check sees only the rows the ones before it kept
+        conn.execute(
+            text(
+                f"WITH bad AS (SELECT * FROM ({check}) c WHERE c.reason IS NOT NULL), "  # noqa: S608 - constants
+                "gone AS (DELETE FROM history_stage h USING bad WHERE h._pos = bad._pos "
+                "RETURNING h._pos, h.account_id, h.owner_id, h.start_date, h.end_date, bad.reason) "
+                "INSERT INTO history_bad SELECT * FROM gone"
+            )
         )
-    )
-    bad = table(
-        "history_bad",
-        column("_pos"),
-        column("account_id", Text),
-        column("owner_id", Text),
-        column("start_date", Date),
-        column("end_date", Date),
-        column("account_known"),
-        column("owner_known"),
-    )
-    conn.execute(_hs.delete().where(_hs.c._pos == bad.c._pos))
     rows = conn.execute(
-        select(
-            bad.c.account_id,
-            bad.c.owner_id,
-            bad.c.start_date,
-            bad.c.end_date,
-            bad.c.account_known,
-            bad.c.owner_known,
-        ).order_by(bad.c._pos)
+        text("SELECT account_id, owner_id, start_date, end_date, reason FROM history_bad ORDER BY _pos")
     ).all()
-    return [tuple(r) for r in rows]
+    return [tuple(r) for r in rows], int(dropped)
+
+
+def staged_accounts(conn: Connection) -> set[str]:
+    """The accounts of the rows left in ``history_stage``."""
+    return set(conn.execute(text("SELECT DISTINCT account_id FROM history_stage")).scalars())
 
 
 def _is_empty(conn: Connection) -> bool:
@@ -228,13 +258,22 @@ def _is_empty(conn: Connection) -> bool:
 
 
 def seed_staged(conn: Connection) -> int:
-    """Insert the staged history of the accounts that have none yet; returns the rows inserted."""
-    known = select(_H.c.account_id).distinct().subquery("h")
-    rows = (
-        select(_hs.c.account_id, _hs.c.owner_id, _hs.c.start_date, _hs.c.end_date, literal("import"))
-        .select_from(_hs.outerjoin(known, known.c.account_id == _hs.c.account_id))
-        .where(known.c.account_id.is_(None))
+    """Insert the staged rows that neither repeat nor overlap a stored tenure of their account (the
+    store's history wins; a first import stores them all); returns the rows inserted."""
+    far = literal(dt.date.max, Date)
+    clash = exists().where(
+        _H.c.account_id == _hs.c.account_id,
+        or_(
+            and_(_H.c.start_date == _hs.c.start_date, _H.c.end_date.is_not_distinct_from(_hs.c.end_date)),
+            and_(
+                _hs.c.start_date < func.coalesce(_H.c.end_date, far),
+                _H.c.start_date < func.coalesce(_hs.c.end_date, far),
+            ),
+        ),
     )
+    rows = select(
+        _hs.c.account_id, _hs.c.owner_id, _hs.c.start_date, _hs.c.end_date, literal("import")
+    ).where(~clash)
     cols = ["account_id", "owner_id", "start_date", "end_date", "source"]
     # Into an empty history (a first import) the rows go in without keys and indexes, rebuilt once.
     stripped = strip_keys(conn, ["assignment_history"]) if _is_empty(conn) else None

@@ -105,6 +105,16 @@ def resolve(conn: Connection, source: str, obj: str, ids: Sequence[str]) -> None
     )
 
 
+def resolve_by_field(conn: Connection, source: str, obj: str, field: str, values: Sequence[str]) -> None:
+    """Resolve the open rows whose raw record's ``field`` is one of ``values`` (an account's history
+    rows, say, once an import carries that account's history cleanly)."""
+    conn.execute(
+        update(Quarantine)
+        .where(_open(source, obj), _Q.c.raw[field].astext == any_(literal(list(values), ARRAY(Text))))
+        .values(resolved_at=func.now())
+    )
+
+
 def has_open(conn: Connection, source: str, obj: str) -> bool:
     """Whether some row of ``source`` and ``obj`` is unresolved."""
     return bool(conn.execute(select(exists().where(_open(source, obj)))).scalar_one())

@@ -291,6 +291,85 @@ def test_assignments_seed_the_history_once(db: Engine, tmp_path: Path) -> None:
     assert rows(db, "SELECT count(*) FROM quarantine") == [(2,)]
 
 
+def _tenure(account_id: str, owner_id: str, start: str, end: str = "") -> dict[str, str]:
+    return {"account_id": account_id, "owner_id": owner_id, "start_date": start, "end_date": end}
+
+
+def test_assignment_history_stays_consistent(db: Engine, tmp_path: Path) -> None:
+    first = _tenure("001A1", "005O2", "2025-01-01", "2026-03-01")
+    history = [
+        first,
+        _tenure("001A1", "005O1", "2026-03-01"),
+        first,  # an exact duplicate: stored once
+        _tenure("001A2", "005O2", "2025-01-01", "2025-09-01"),
+        _tenure("001A2", "005O2", "2025-06-01", "2026-01-01"),  # overlaps the row before
+        _tenure("001A2", "005O1", "2026-01-01"),
+        _tenure("001A3", "005O2", "2026-01-01"),  # current, but accounts.csv says 005O1 owns it
+    ]
+    accounts = [account(1), account(2), account(3)]
+    folder = write_export(tmp_path / "x", owners=[owner(1), owner(2)], accounts=accounts, assignments=history)
+    summary = sync(db, folder)
+    sql = "SELECT account_id, owner_id, start_date, end_date, source FROM assignment_history ORDER BY 1, 3"
+    assert rows(db, sql) == [
+        ("001A1", "005O2", dt.date(2025, 1, 1), dt.date(2026, 3, 1), "import"),
+        ("001A1", "005O1", dt.date(2026, 3, 1), None, "import"),
+        ("001A2", "005O2", dt.date(2025, 1, 1), dt.date(2025, 9, 1), "import"),
+        ("001A2", "005O1", dt.date(2026, 1, 1), None, "import"),
+        ("001A3", "005O1", dt.date(2026, 10, 1), None, "sync"),  # its bad row left it without one
+    ]
+    open_rows = "SELECT record_id, reason FROM quarantine WHERE object = 'assignments' AND resolved_at IS NULL ORDER BY 1"
+    assert rows(db, open_rows) == [
+        ("001A2:2025-06-01", "overlaps an earlier tenure of the account, which ends 2025-09-01"),
+        ("001A3:2026-01-01", "the current assignment names owner 005O2, the account's owner is 005O1"),
+    ]
+    # The closing line's quarantined count includes the history's rows; the accounts' own stay balanced.
+    accounts_run = next(o for o in summary.objects if o.object == "accounts")
+    assert accounts_run.history_quarantined == 2
+    assert accounts_run.rows_quarantined == 0
+    assert " 2 quarantined " in summary.one_line()
+
+    # The export fixed: the rows that were quarantined are clean now and their quarantine rows resolve;
+    # the overlap of 001A2 went away by correcting the earlier row's end, which the store already holds
+    # as the first import had it (an account's stored history is never rewritten by an import).
+    history[3] = _tenure("001A2", "005O2", "2025-01-01", "2025-06-01")
+    history[6] = _tenure("001A3", "005O1", "2026-01-01")
+    write_export(folder, owners=[owner(1), owner(2)], accounts=accounts, assignments=history)
+    again = sync(db, folder)
+    assert rows(db, open_rows) == []
+    assert sum(o.history_quarantined for o in again.objects) == 0
+    assert " 0 quarantined " in again.one_line()
+    resolved = "SELECT count(*) FROM quarantine WHERE object = 'assignments' AND resolved_at IS NOT NULL"
+    assert rows(db, resolved) == [(2,)]
+    assert rows(db, "SELECT count(*) FROM assignment_history WHERE account_id = '001A1'") == [(2,)]
+
+
+def test_a_quarantined_tenure_is_stored_once_the_export_is_fixed(db: Engine, tmp_path: Path) -> None:
+    """A corrected row that fits the stored history goes in on the import that finds the account's
+    history clean, and the account's quarantined rows resolve (whatever their start said)."""
+    history = [
+        _tenure("001A1", "005O2", "2025-01-01", "2025-09-01"),
+        _tenure("001A1", "005O2", "2025-06-01", "2026-01-01"),  # overlaps: quarantined
+        _tenure("001A1", "005O1", "2026-03-01"),
+        _tenure("001A2", "005O2", "2025-01-01", "2024-01-01"),  # ends before it starts: quarantined
+    ]
+    export = {"owners": [owner(1), owner(2)], "accounts": [account(1), account(2)]}
+    folder = write_export(tmp_path / "x", **export, assignments=history)
+    sync(db, folder)
+    history[1] = _tenure("001A1", "005O2", "2025-09-01", "2026-01-01")  # its start corrected
+    write_export(folder, **export, assignments=history)
+    sync(db, folder)
+    sql = (
+        "SELECT owner_id, start_date, end_date FROM assignment_history WHERE account_id = '001A1' ORDER BY 2"
+    )
+    assert rows(db, sql) == [
+        ("005O2", dt.date(2025, 1, 1), dt.date(2025, 9, 1)),
+        ("005O2", dt.date(2025, 9, 1), dt.date(2026, 1, 1)),
+        ("005O1", dt.date(2026, 3, 1), None),
+    ]
+    open_rows = "SELECT record_id, reason FROM quarantine WHERE resolved_at IS NULL"
+    assert rows(db, open_rows) == [("001A2:2025-01-01", "end_date before start_date")]
+
+
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
