@@ -19,6 +19,7 @@ from typing import Any, Final, Protocol, runtime_checkable
 
 import pandas as pd
 from sqlalchemy import Connection, Engine
+from sqlalchemy.exc import DBAPIError
 
 from connectors.base import Connector, CrmObject, Cursor
 from connectors.batches import (
@@ -34,6 +35,7 @@ from connectors.errors import ConnectorError, QuotaExhausted
 from connectors.records import check_history
 from store import history, quarantine, sync_runs, synced
 from store.bulk import csv_bytes
+from store.errors import database_reason
 from store.history import HISTORY_COLUMNS
 from store.sync_runs import relaxed_commit
 
@@ -249,6 +251,9 @@ def _sync_object(
         log.warning("sync stopped: API quota", extra={**extra, "error": str(exc)})
     except ConnectorError as exc:
         summary.status, summary.error = "failed", f"{type(exc).__name__}: {exc}"
+        log.error("sync failed", extra={**extra, "error": summary.error})  # noqa: TRY400 - expected
+    except DBAPIError as exc:  # the database lost mid-sync, a statement timed out: committed batches stay
+        summary.status, summary.error = "failed", f"database error: {database_reason(exc)}"
         log.error("sync failed", extra={**extra, "error": summary.error})  # noqa: TRY400 - expected
     except BaseException as exc:
         stopped_by_user = isinstance(exc, KeyboardInterrupt | SystemExit)

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
 
 import psycopg
-import psycopg.errors
 import typer
 from rich.console import Console
 from sqlalchemy.exc import DBAPIError
@@ -25,7 +24,7 @@ from service.errors import ConfigError
 from service.logs import configure_logging
 from service.runtime import open_database
 from service.settings import Settings, load_settings
-from store.errors import StoreError
+from store.errors import StoreError, database_reason
 
 if TYPE_CHECKING:  # the commands import what they run; `territory --help` stays fast
     from connectors.sandbox.salesforce import SandboxServer
@@ -207,11 +206,7 @@ def main() -> None:
         typer.echo(f"territory: database error: {exc}", err=True)
         sys.exit(1)
     except (DBAPIError, psycopg.Error) as exc:  # the server went away, a statement timed out, no schema
-        cause = exc.orig if isinstance(exc, DBAPIError) and exc.orig is not None else exc
-        reason = (str(cause).strip().splitlines() or ["no reason given"])[0]
-        if isinstance(cause, psycopg.errors.UndefinedTable):
-            reason = f"the database is not migrated ({reason}); run `territory migrate`"
-        typer.echo(f"territory: database error: {reason}", err=True)
+        typer.echo(f"territory: database error: {database_reason(exc)}", err=True)
         sys.exit(1)
     except OSError as exc:  # an output path that is missing, a directory, read-only, or a full disk
         where = f"{exc.filename}: " if exc.filename else ""

@@ -8,15 +8,17 @@ import socket
 import subprocess
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from sqlalchemy import text
 from sqlalchemy.engine import URL
 from sqlalchemy.exc import OperationalError
 
+from connectors.sandbox.generator import DEFAULT_NOW, generate_org, write_csv
 from store import migrate
 from store.db import make_engine
-from tests.helpers.processes import TERRITORY, run
+from tests.helpers.processes import TERRITORY, run, wait_for
 from tests.pg import url_text
 
 pytestmark = pytest.mark.e2e
@@ -116,3 +118,51 @@ def test_two_migrations_at_once_both_end_at_head(fresh_database: Callable[[], UR
     assert reports == sorted(
         [f"database at revision {head} (was empty)", f"database at revision {head} (was {head})"]
     )
+
+
+def test_the_database_lost_mid_sync_is_a_failed_run_and_its_summary(
+    fresh_database: Callable[[], URL], tmp_path: Path
+) -> None:
+    """The sync's connection is killed while the accounts' load waits on a lock held here (so the
+    moment is certain): one summary line, exit 1, the run recorded failed, what committed before kept."""
+    url = fresh_database()
+    engine = make_engine(url)
+    write_csv(generate_org(accounts=200, reps=6, seed=4, now=DEFAULT_NOW), tmp_path / "export")
+    env = _env({"TERRITORY_DATABASE_URL": url_text(url)})
+    waiting = text(
+        "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND pid <> pg_backend_pid() "
+        "AND wait_event_type = 'Lock'"
+    )
+    try:
+        migrate.upgrade(engine)
+        with engine.connect() as blocker, engine.connect() as watcher:
+            blocker.execute(text("LOCK TABLE opportunities IN ACCESS EXCLUSIVE MODE"))  # until rollback
+            proc = subprocess.Popen(
+                [TERRITORY, "sync", "--source", "csv", "--path", str(tmp_path / "export")],
+                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+            )  # fmt: skip
+
+            def blocked() -> int | None:
+                pid = watcher.execute(waiting).scalar()
+                watcher.rollback()  # pg_stat_activity is read once per transaction
+                return pid
+
+            pid = wait_for(blocked, timeout=60)
+            watcher.execute(text("SELECT pg_terminate_backend(:pid)"), {"pid": pid})
+            watcher.commit()
+            blocker.rollback()
+            out, err = proc.communicate(timeout=60)
+        with engine.connect() as conn:
+            runs = dict(conn.execute(text("SELECT object, status FROM sync_runs ORDER BY id")).all())
+            owners = conn.execute(text("SELECT count(*) FROM owners")).scalar_one()
+    finally:
+        engine.dispose()
+    assert proc.returncode == 1, err
+    assert "Traceback" not in err
+    assert out.strip().splitlines() == [out.strip()]  # the summary, on one line
+    assert out.startswith("csv sync failed: ")
+    assert out.rstrip().endswith(
+        "(accounts: database error: terminating connection due to administrator command)"
+    )
+    assert runs == {"owners": "succeeded", "accounts": "failed"}  # the sync stops at the failed object
+    assert owners == 6  # what committed before it stays
