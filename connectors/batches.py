@@ -142,7 +142,7 @@ def store_batch(conn: Connection, state: BatchState, batch: Batch) -> None:
             upserted=upserted,
             skipped=skipped + checked.duplicates,
             quarantined=len(rejected),
-            deleted=synced.soft_delete(conn, obj.value, batch.deleted_ids),
+            deleted=synced.soft_delete(conn, obj.value, batch.deleted_ids, state.source),
         )
         new_cursor = close_batch(conn, state, batch, counts)
     # Only once committed does the batch count.
@@ -214,7 +214,7 @@ def upsert_stage(conn: Connection, state: BatchState) -> tuple[int, int, list[Re
     if obj is CrmObject.accounts:  # compare the staged owner with the stored one before the upsert
         history.note_owner_changes(conn, state.now.date(), seeded=state.history_seeded)
     staged = staging.staged_count(conn)
-    upserted, failed = staging.upsert_stage(conn, obj.value, CANONICAL_COLUMNS[obj])
+    upserted, failed = staging.upsert_stage(conn, obj.value, CANONICAL_COLUMNS[obj], state.source)
     if obj is CrmObject.accounts:
         history.apply_owner_changes(conn)
     return upserted, staged - upserted - len(failed), failed

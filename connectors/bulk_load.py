@@ -205,7 +205,7 @@ def _split_direct(state: BatchState, bulk: _BulkLoad, clean: pd.DataFrame) -> _D
     fresh = clean[new]
     return _Direct(
         ids=ids[new].tolist(),
-        rows=csv_bytes(fresh[list(CANONICAL_COLUMNS[state.obj])]),
+        rows=csv_bytes(fresh[list(CANONICAL_COLUMNS[state.obj])].assign(source=state.source)),
         repeated=clean[~new],
     )
 
@@ -222,7 +222,7 @@ def _copy_direct(conn: Connection, state: BatchState, direct: _Direct) -> None:
     :func:`read_into_empty` reads the object again batch by batch, where it is found and quarantined.
     """
     try:
-        copy_csv(conn, state.obj.value, CANONICAL_COLUMNS[state.obj], [direct.rows], freeze=True)
+        copy_csv(conn, state.obj.value, [*CANONICAL_COLUMNS[state.obj], "source"], [direct.rows], freeze=True)
     except (psycopg.IntegrityError, psycopg.DataError) as exc:  # COPY runs on the driver's own cursor
         raise _Refused(str(exc).splitlines()[0]) from exc
 
@@ -268,7 +268,9 @@ def _apply_deferred(conn: Connection, state: BatchState) -> None:
             upserted=upserted,
             skipped=skipped,
             quarantined=len(late),
-            deleted=synced.soft_delete(conn, state.obj.value, staging.deferred_deletes(conn, seq)),
+            deleted=synced.soft_delete(
+                conn, state.obj.value, staging.deferred_deletes(conn, seq), state.source
+            ),
         )
         count_in_run(conn, state, counts)
         counts.add_to(state.summary)

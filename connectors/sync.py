@@ -328,14 +328,14 @@ def _sweep_deletes(
             extra={"sync_run_id": state.run_id, "source": state.source, "object": state.obj.value},
         )
         return 0
-    total, would = synced.count_absent(conn, table)
+    total, would = synced.count_absent(conn, table, state.source)
     if would and not guard.allow_mass_delete and would > guard.max_share * total:
         raise MassDeleteRefused(table, would, total, guard)
-    deleted = synced.delete_absent(conn, table)
+    deleted = synced.delete_absent(conn, table, state.source)
     if state.obj is not CrmObject.owners:
         # A record back in the export is live again, even when an incremental read skipped it as
         # unchanged since the cursor (its stored values are the ones it came back with).
-        revived = synced.revive_present(conn, table)
+        revived = synced.revive_present(conn, table, state.source)
         if revived:
             log.info(
                 "records back in the export are live again",

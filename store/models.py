@@ -78,6 +78,12 @@ class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
 
 
+SOURCE_COMMENT = (
+    "the sync source that last wrote the row (csv, salesforce, hubspot); null: stored before sources "
+    "were kept, by more than one, or loaded directly"
+)
+
+
 class Owner(Base):
     """A CRM user who can own accounts; an active owner's book is a territory."""
 
@@ -96,6 +102,7 @@ class Owner(Base):
     active: Mapped[bool] = mapped_column(Boolean, server_default=text("true"))
     modified_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     synced_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=func.now())
+    source: Mapped[str | None] = mapped_column(Text, comment=SOURCE_COMMENT)
 
 
 class Account(Base):
@@ -124,6 +131,7 @@ class Account(Base):
     modified_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     deleted: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     synced_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=func.now())
+    source: Mapped[str | None] = mapped_column(Text, comment=SOURCE_COMMENT)
 
 
 class Opportunity(Base):
@@ -150,6 +158,7 @@ class Opportunity(Base):
     modified_at: Mapped[dt.datetime | None] = mapped_column(Timestamp)
     deleted: Mapped[bool] = mapped_column(Boolean, server_default=text("false"))
     synced_at: Mapped[dt.datetime] = mapped_column(Timestamp, server_default=func.now())
+    source: Mapped[str | None] = mapped_column(Text, comment=SOURCE_COMMENT)
 
 
 class Assignment(Base):

@@ -65,17 +65,20 @@ def _stage(columns: Sequence[str]) -> Any:
     return table("stage", *(column(c) for c in (*columns, POSITION)))
 
 
-def _upsert(t: Table, columns: Sequence[str], *, one: bool = False) -> Insert:
-    """The upsert from ``stage`` into ``t`` (of the row at ``:pos`` alone when ``one``)."""
+def _upsert(t: Table, columns: Sequence[str], source: str, *, one: bool = False) -> Insert:
+    """The upsert from ``stage`` into ``t`` by ``source`` (of the row at ``:pos`` alone when ``one``).
+    A row written belongs to ``source`` from then on (store/synced.py ``own``)."""
     stage = _stage(columns)
-    rows = select(*(stage.c[c] for c in columns))
+    rows = select(*(stage.c[c] for c in columns), literal(source, Text))
     if one:
         rows = rows.where(stage.c[POSITION] == bindparam("pos"))
-    stmt = pg_insert(t).from_select(list(columns), rows)
+    stmt = pg_insert(t).from_select([*columns, "source"], rows)
     new = stmt.excluded
     values = [c for c in columns if c != "id"]
-    assigns: dict[str, Any] = {c: new[c] for c in values}
-    changed: Any = tuple_(*(t.c[c] for c in values)).is_distinct_from(tuple_(*(new[c] for c in values)))
+    assigns: dict[str, Any] = {c: new[c] for c in (*values, "source")}
+    changed: Any = tuple_(*(t.c[c] for c in (*values, "source"))).is_distinct_from(
+        tuple_(*(new[c] for c in (*values, "source")))
+    )
     if t.name != "owners":
         assigns["deleted"] = false()
         changed = or_(changed, t.c.deleted)
@@ -89,25 +92,29 @@ def staged_count(conn: Connection) -> int:
     return int(conn.execute(select(func.count()).select_from(table("stage"))).scalar_one())
 
 
-def upsert_stage(conn: Connection, name: str, columns: Sequence[str]) -> tuple[int, list[Failure]]:
-    """Upsert the rows of ``stage`` into ``name``; returns (rows written, rows refused). Refused rows
-    leave the stage."""
+def upsert_stage(
+    conn: Connection, name: str, columns: Sequence[str], source: str
+) -> tuple[int, list[Failure]]:
+    """Upsert the rows of ``stage`` into ``name`` for ``source``; returns (rows written, rows refused).
+    Refused rows leave the stage."""
     t = SYNCED[name]
     try:
         with conn.begin_nested():
-            return int(conn.execute(_upsert(t, columns), execution_options=_COUNTED).rowcount), []
+            return int(conn.execute(_upsert(t, columns, source), execution_options=_COUNTED).rowcount), []
     except DBAPIError as exc:  # a row the checks let through broke a constraint: find it, row by row
         if not isinstance(exc, IntegrityError | DataError):
             raise
-    return _upsert_one_by_one(conn, t, columns)
+    return _upsert_one_by_one(conn, t, columns, source)
 
 
-def _upsert_one_by_one(conn: Connection, t: Table, columns: Sequence[str]) -> tuple[int, list[Failure]]:
+def _upsert_one_by_one(
+    conn: Connection, t: Table, columns: Sequence[str], source: str
+) -> tuple[int, list[Failure]]:
     """The slow path after a failed batch upsert: each staged row alone, failures leave the stage."""
     log.warning("a batch broke a constraint; storing it row by row", extra={"table": t.name})
     stage = _stage(columns)
     rows = conn.execute(select(stage.c.id, stage.c[POSITION]).order_by(stage.c[POSITION])).all()
-    single = _upsert(t, columns, one=True)
+    single = _upsert(t, columns, source, one=True)
     upserted = 0
     failed: list[Failure] = []
     for rid, pos in rows:

@@ -54,12 +54,20 @@ def _gone(t: Table) -> dict[str, Any]:
     return {"active" if t.name == "owners" else "deleted": t.name != "owners", "synced_at": func.now()}
 
 
-def soft_delete(conn: Connection, name: str, ids: Sequence[str]) -> int:
-    """Soft-delete the live rows of ``ids``; returns how many changed."""
+def own(t: Table, source: str) -> ColumnElement[bool]:
+    """Whether a row of ``t`` is ``source``'s: the one rule of every delete pass (docs/sync.md,
+    "Deletes"): a source deletes, counts for the mass-delete guard and revives only the rows it last
+    wrote, never another source's (nor a row whose source is unknown)."""
+    return t.c.source == source
+
+
+def soft_delete(conn: Connection, name: str, ids: Sequence[str], source: str) -> int:
+    """Soft-delete the live rows of ``ids`` that are ``source``'s; returns how many changed."""
     if not ids:
         return 0
     t = SYNCED[name]
-    return int(conn.execute(update(t).where(t.c.id == any_(_ids(ids)), live(t)).values(_gone(t))).rowcount)
+    where = (t.c.id == any_(_ids(ids)), live(t), own(t, source))
+    return int(conn.execute(update(t).where(*where).values(_gone(t))).rowcount)
 
 
 def existing_ids(conn: Connection, name: str, ids: Iterable[str]) -> set[str]:
@@ -99,21 +107,23 @@ def _absent(t: Table) -> ColumnElement[bool]:
     return ~exists().where(_present.c.id == t.c.id)
 
 
-def count_absent(conn: Connection, name: str) -> tuple[int, int]:
-    """(live rows, live rows absent from ``present``)."""
+def count_absent(conn: Connection, name: str, source: str) -> tuple[int, int]:
+    """(``source``'s live rows, those of them absent from ``present``)."""
     t = SYNCED[name]
-    row = conn.execute(select(func.count(), func.count().filter(_absent(t))).where(live(t))).one()
+    counts = select(func.count(), func.count().filter(_absent(t))).where(live(t), own(t, source))
+    row = conn.execute(counts).one()
     return int(row[0]), int(row[1])
 
 
-def delete_absent(conn: Connection, name: str) -> int:
-    """Soft-delete the live rows absent from ``present``; returns how many."""
+def delete_absent(conn: Connection, name: str, source: str) -> int:
+    """Soft-delete ``source``'s live rows absent from ``present``; returns how many."""
     t = SYNCED[name]
-    return int(conn.execute(update(t).where(live(t), _absent(t)).values(_gone(t))).rowcount)
+    return int(conn.execute(update(t).where(live(t), own(t, source), _absent(t)).values(_gone(t))).rowcount)
 
 
-def revive_present(conn: Connection, name: str) -> int:
-    """Make deleted accounts or opportunities listed in ``present`` live again; returns how many."""
+def revive_present(conn: Connection, name: str, source: str) -> int:
+    """Make ``source``'s deleted accounts or opportunities listed in ``present`` live again; returns
+    how many."""
     t = SYNCED[name]
-    stmt = update(t).where(t.c.deleted, ~_absent(t)).values(deleted=False, synced_at=func.now())
-    return int(conn.execute(stmt).rowcount)
+    where = (t.c.deleted, own(t, source), ~_absent(t))
+    return int(conn.execute(update(t).where(*where).values(deleted=False, synced_at=func.now())).rowcount)

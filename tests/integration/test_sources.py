@@ -1,0 +1,90 @@
+"""Two sources on one database: a delete pass only ever touches its own source's rows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from pydantic import SecretStr
+from sqlalchemy import Engine
+
+from connectors.hubspot import HubSpotConnector
+from connectors.hubspot.client import HubSpotClient
+from connectors.sandbox.generator import generate_org
+from connectors.sandbox.hubspot import COMPANY_ID_BASE, SandboxServer, start_hubspot_sandbox
+from connectors.sync import DeleteGuard, run_sync
+from service.settings import HubSpotSettings
+from tests.helpers.records import NOW, account, owner, rows, sync, write_export
+
+pytestmark = pytest.mark.integration
+
+ORG = generate_org(accounts=300, reps=6, seed=8, now=NOW)
+LIVE = "SELECT source, count(*) FROM accounts WHERE NOT deleted GROUP BY 1 ORDER BY 1"
+
+
+@pytest.fixture
+def hubspot() -> Iterator[SandboxServer]:
+    with start_hubspot_sandbox(ORG, now=NOW) as server:
+        yield server
+
+
+def _connector(server: SandboxServer) -> HubSpotConnector:
+    settings = HubSpotSettings(
+        base_url=server.url, access_token=SecretStr(server.access_token), search_requests_per_second=0
+    )
+    return HubSpotConnector(HubSpotClient(settings), settings)
+
+
+def _csv_export(folder: Path, accounts: int, *extra: dict[str, str]) -> Path:
+    owners = [owner(1), owner(2)]
+    return write_export(folder, owners=owners, accounts=[*(account(i) for i in range(accounts)), *extra])
+
+
+def test_a_csv_full_import_deletes_only_its_own_rows(
+    db: Engine, hubspot: SandboxServer, tmp_path: Path
+) -> None:
+    assert run_sync(db, _connector(hubspot), full=True, now=NOW).status == "succeeded"
+    folder = _csv_export(tmp_path / "x", 10)
+    assert sync(db, folder).status == "succeeded"
+    assert rows(db, LIVE) == [("csv", 10), ("hubspot", 300)]
+
+    # Two of CSV's ten accounts gone is 20% of its own rows: over the 10% guard, whatever HubSpot holds.
+    _csv_export(folder, 8)
+    refused = sync(db, folder, full=True)
+    assert refused.status == "refused", refused.one_line()
+    assert "refused to delete 2 of 10 live accounts" in refused.one_line()
+    assert rows(db, LIVE) == [("csv", 10), ("hubspot", 300)]
+
+    allowed = sync(db, folder, full=True, guard=DeleteGuard(allow_mass_delete=True))
+    assert allowed.status == "succeeded", allowed.one_line()
+    assert {o.object: o.rows_deleted for o in allowed.objects} == {
+        "owners": 0,
+        "accounts": 2,
+        "opportunities": 0,
+    }
+    assert rows(db, LIVE) == [("csv", 8), ("hubspot", 300)]  # not one of HubSpot's 300 swept
+    # HubSpot's owners are not in the export either, and stay active.
+    assert rows(db, "SELECT source, bool_and(active) FROM owners GROUP BY 1 ORDER BY 1") == [
+        ("csv", True),
+        ("hubspot", True),
+    ]
+
+
+def test_a_record_belongs_to_the_source_that_last_wrote_it(
+    db: Engine, hubspot: SandboxServer, tmp_path: Path
+) -> None:
+    assert run_sync(db, _connector(hubspot), full=True, now=NOW).status == "succeeded"
+    shared, gone = str(COMPANY_ID_BASE + 9), str(COMPANY_ID_BASE + 10)
+    # The CSV export lists one of HubSpot's companies (same id): it is CSV's from then on.
+    folder = _csv_export(tmp_path / "x", 3, account(0, id=shared))
+    assert sync(db, folder).status == "succeeded"
+    assert rows(db, "SELECT source FROM accounts WHERE id = :i", i=shared) == [("csv",)]
+    # HubSpot deletes both companies: its delete pass takes only the one that is still its own.
+    hubspot.state.delete("companies", shared)
+    hubspot.state.delete("companies", gone)
+    second = run_sync(db, _connector(hubspot), now=datetime.now(UTC))  # the sandbox stamps with the clock
+    assert second.status == "succeeded", second.one_line()
+    status = "SELECT id, source, deleted FROM accounts WHERE id IN (:a, :b) ORDER BY id"
+    assert rows(db, status, a=shared, b=gone) == [(shared, "csv", False), (gone, "hubspot", True)]
