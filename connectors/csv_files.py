@@ -7,6 +7,7 @@ since the watermark, which keeps a re-import of a large, mostly unchanged export
 
 from __future__ import annotations
 
+import codecs
 import csv
 import datetime as dt
 import logging
@@ -73,6 +74,28 @@ def _with_invalid(
     )
 
 
+def _check_utf8(path: Path) -> None:
+    """Refuse a file that is not UTF-8 throughout, naming the line, before any of it is read: a stray
+    byte found while parsing would fail the object half way (and Arrow cannot hand over the text of a
+    row that is both malformed and not UTF-8)."""
+    decoder = codecs.getincrementaldecoder("utf-8")()
+    lines = 1
+    with path.open("rb") as fh:
+        while block := fh.read(_BLOCK_BYTES):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as exc:
+                line = lines + block.count(b"\n", 0, exc.start)
+                raise ConnectorConfigError(
+                    f"{path.name}: not UTF-8 text (line {line}: {exc.reason})"
+                ) from None
+            lines += block.count(b"\n")
+        try:
+            decoder.decode(b"", final=True)
+        except UnicodeDecodeError as exc:
+            raise ConnectorConfigError(f"{path.name}: not UTF-8 text (line {lines}: {exc.reason})") from None
+
+
 class CsvConnector:
     """A folder holding owners.csv, accounts.csv, opportunities.csv and (optionally) assignments.csv."""
 
@@ -91,6 +114,7 @@ class CsvConnector:
         for name, required in FILES.items():
             if (folder / name).is_file():
                 self._header(folder / name, required)
+                _check_utf8(folder / name)
 
     # --- reading -------------------------------------------------------------------------------------
 

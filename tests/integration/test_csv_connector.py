@@ -392,20 +392,19 @@ def test_malformed_files_are_config_errors_naming_file_and_column(
         CsvConnector(folder)
 
 
-def test_bad_encoding_past_the_header_fails_the_object_and_keeps_the_rest(db: Engine, tmp_path: Path) -> None:
+def test_bad_encoding_past_the_header_is_refused_before_anything_is_read(db: Engine, tmp_path: Path) -> None:
+    """The whole file is checked when the export is opened, so nothing of it is half imported; a row
+    both malformed and not UTF-8 (which Arrow's reader cannot hand over) is refused the same way."""
     folder = write_export(tmp_path / "x", owners=[owner(1)], accounts=[account(1)])
     with (folder / "opportunities.csv").open("ab") as fh:
         fh.write(b"006P1,001A1,005O1,Caf\xe9 deal,,,,,,,\n")
-    summary = sync(db, folder)
-    assert summary.status == "failed"
-    failed = summary.objects[-1]
-    assert failed.object == "opportunities"
-    assert failed.error is not None
-    assert "opportunities.csv: not UTF-8" in failed.error
-    assert rows(db, "SELECT count(*) FROM accounts") == [(1,)]
-    assert rows(db, "SELECT status, error IS NOT NULL FROM sync_runs WHERE object = 'opportunities'") == [
-        ("failed", True)
-    ]
+    with pytest.raises(ConnectorConfigError, match=r"opportunities.csv: not UTF-8 text \(line 2: "):
+        CsvConnector(folder)
+    with (folder / "accounts.csv").open("ab") as fh:
+        fh.write(b"001A2,Caf\xe9,005O1,core,,,,,,,,,extra\n")
+    with pytest.raises(ConnectorConfigError, match=r"accounts.csv: not UTF-8 text \(line 3: "):
+        CsvConnector(folder)
+    assert rows(db, "SELECT count(*) FROM sync_runs") == [(0,)]
 
 
 def test_chunks_stay_bounded(tmp_path: Path, small_org: Org) -> None:
