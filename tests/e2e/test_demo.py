@@ -54,7 +54,9 @@ def test_demo_syncs_measures_and_starts_afresh_each_run(tmp_path: Path) -> None:
     assert written["written"] == len(proposal["moves"])
     assert applied["resync"]["status"] == "succeeded"
     after = applied["health_after"]
-    assert after["snapshot_id"] == 2
+    # A later snapshot; not necessarily id 2: the embedded server restarted in between, and a
+    # PostgreSQL sequence may skip up to 32 values across a restart it had to recover from.
+    assert after["snapshot_id"] > health["snapshot_id"]
     assert sum(t["accounts"] for t in after["territories"]) == 800
 
     # A smaller org in the same data folder: the demo's database starts empty, nothing is left over.
