@@ -35,13 +35,15 @@ def upgrade() -> None:
                 "before sources were kept, by more than one, or loaded directly",
             ),
         )
-        # The rows already stored belong to the one source that ever synced the table; where several
-        # did, nobody can tell which row came from which, and the rows stay null until a source
-        # writes them again (a delete pass leaves a null row alone).
+        # The rows already stored belong to the one source that ever stored rows of the table (a run
+        # that upserted none, a failed first attempt of another CRM say, does not count: its counts
+        # are committed with its batches). Where several did, nobody can tell which row came from
+        # which, and the rows stay null until a source writes them again (a delete pass leaves a null
+        # row alone; docs/sync.md says how a full sync of each source claims its rows).
         op.execute(
             f"UPDATE {table} SET source = one.source FROM ("  # noqa: S608 - the table names above
             f"SELECT min(source) AS source FROM sync_runs WHERE object = '{table}' "
-            "HAVING count(DISTINCT source) = 1) one"
+            "AND rows_upserted > 0 HAVING count(DISTINCT source) = 1) one"
         )
 
 

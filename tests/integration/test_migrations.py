@@ -88,6 +88,34 @@ def test_upgrade_downgrade_upgrade_with_rows(empty_engine: Engine) -> None:
         assert conn.execute(text("SELECT count(*) FROM proposal_moves")).scalar_one() == 1
 
 
+def test_stored_rows_get_the_source_that_alone_stored_them(empty_engine: Engine) -> None:
+    """Migration 6c1f4e8a2b07's backfill: a table's rows are the one source whose runs stored rows of
+    it; a run that stored none does not count, and where two sources stored rows nobody can tell."""
+    migrate.upgrade(empty_engine, "8d2f6a1b3c94")
+    _seed_rows(empty_engine)
+    runs = [
+        ("csv", "owners", 2),
+        ("hubspot", "owners", 0),  # a failed first try of HubSpot: stored nothing
+        ("csv", "accounts", 1),
+        ("csv", "opportunities", 1),
+        ("salesforce", "opportunities", 1),
+    ]
+    with empty_engine.begin() as conn:
+        for source, obj, upserted in runs:
+            conn.execute(
+                text("INSERT INTO sync_runs (source, object, rows_upserted) VALUES (:s, :o, :u)"),
+                {"s": source, "o": obj, "u": upserted},
+            )
+    migrate.upgrade(empty_engine)
+    stored = (
+        "SELECT 'owners', source FROM owners UNION ALL SELECT 'accounts', source FROM accounts "
+        "UNION ALL SELECT 'opportunities', source FROM opportunities"
+    )
+    with empty_engine.connect() as conn:
+        backfilled = conn.execute(text(f"{stored} ORDER BY 1, 2")).all()
+    assert backfilled == [("accounts", "csv"), ("opportunities", None), ("owners", "csv"), ("owners", "csv")]
+
+
 def test_models_and_migrations_agree(engine: Engine) -> None:
     with engine.connect() as conn:
         context = MigrationContext.configure(conn, opts={"compare_type": True})
