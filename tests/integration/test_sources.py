@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 from pydantic import SecretStr
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from connectors.hubspot import HubSpotConnector
 from connectors.hubspot.client import HubSpotClient
@@ -88,3 +88,45 @@ def test_a_record_belongs_to_the_source_that_last_wrote_it(
     assert second.status == "succeeded", second.one_line()
     status = "SELECT id, source, deleted FROM accounts WHERE id IN (:a, :b) ORDER BY id"
     assert rows(db, status, a=shared, b=gone) == [(shared, "csv", False), (gone, "hubspot", True)]
+
+
+def test_a_crm_deletion_leaves_a_bulk_loaded_export_alone(
+    db: Engine, hubspot: SandboxServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The export comes first: its accounts are COPYed into the empty table (the first load's path).
+    caplog.set_level("INFO", logger="connectors.bulk_load")
+    folder = _csv_export(tmp_path / "x", 10)
+    assert sync(db, folder).status == "succeeded"
+    loaded = [r.tables for r in caplog.records if r.getMessage() == "bulk load into an empty table"]
+    assert ["accounts", "assignment_history"] in loaded
+    assert run_sync(db, _connector(hubspot), full=True, now=NOW).status == "succeeded"
+    assert rows(db, LIVE) == [("csv", 10), ("hubspot", 300)]
+
+    hubspot.state.delete("companies", str(COMPANY_ID_BASE + 3))
+    second = run_sync(db, _connector(hubspot), now=datetime.now(UTC))
+    assert second.status == "succeeded", second.one_line()
+    assert rows(db, LIVE) == [("csv", 10), ("hubspot", 299)]
+
+    # One of the export's ten gone is 10% of its own rows: within the guard, and only that one goes.
+    _csv_export(folder, 9)
+    reduced = sync(db, folder, full=True)
+    assert reduced.status == "succeeded", reduced.one_line()
+    assert rows(db, LIVE) == [("csv", 9), ("hubspot", 299)]
+
+
+def test_an_older_copy_does_not_change_hands_and_a_full_sync_claims_unknown_rows(
+    db: Engine, hubspot: SandboxServer, tmp_path: Path
+) -> None:
+    assert run_sync(db, _connector(hubspot), full=True, now=NOW).status == "succeeded"
+    shared = str(COMPANY_ID_BASE + 9)
+    folder = _csv_export(tmp_path / "x", 3, account(0, id=shared, modified_at="2001-01-01T00:00:00Z"))
+    imported = sync(db, folder)
+    assert {o.object: o.rows_skipped for o in imported.objects}["accounts"] == 1
+    assert rows(db, "SELECT source FROM accounts WHERE id = :i", i=shared) == [("hubspot",)]
+
+    # Rows of no known source (stored before sources were kept by two of them): a full sync claims them.
+    with db.begin() as conn:
+        conn.execute(text("UPDATE accounts SET source = NULL WHERE source = 'hubspot'"))
+    claimed = run_sync(db, _connector(hubspot), full=True, now=NOW)
+    assert {o.object: o.rows_upserted for o in claimed.objects}["accounts"] == 300
+    assert rows(db, LIVE) == [("csv", 3), ("hubspot", 300)]

@@ -31,14 +31,16 @@ _SCHEMA_SQL = (
 def _stored(db: Engine) -> dict[str, list[tuple[Any, ...]]]:
     """Everything a sync writes, without the columns that depend on the clock or on sequences."""
     return {
-        "owners": rows(db, "SELECT id, name, email, active, capacity, modified_at FROM owners ORDER BY id"),
+        "owners": rows(
+            db, "SELECT id, name, email, active, capacity, modified_at, source FROM owners ORDER BY id"
+        ),
         "accounts": rows(
-            db, "SELECT id, name, owner_id, tier, arr, modified_at, deleted FROM accounts ORDER BY id"
+            db, "SELECT id, name, owner_id, tier, arr, modified_at, deleted, source FROM accounts ORDER BY id"
         ),
         "opportunities": rows(
             db,
             "SELECT id, account_id, owner_id, amount, probability, close_date, is_won, modified_at, "
-            "deleted FROM opportunities ORDER BY id",
+            "deleted, source FROM opportunities ORDER BY id",
         ),
         "history": rows(
             db,
@@ -115,6 +117,8 @@ def _scripted() -> ScriptedConnector:
 def test_bulk_load_stores_what_the_batch_path_stores(db: Engine) -> None:
     normal, bulk = _both_ways(db, _scripted)
     assert bulk == normal
+    # The COPYed rows and the deferred copies (account 2 again) keep their source, as upserted ones do.
+    assert {r[-1] for t in ("owners", "accounts", "opportunities") for r in bulk[t]} == {"scripted"}
     history = [(a, o, str(s), str(e), src) for a, o, s, e, src in bulk["history"]]
     assert ("001A2", "005O2", "2026-10-01", "2026-10-02", "sync") in history
     assert ("001A7", "005O1", str(NOW.date()), "None", "sync") in history
