@@ -118,15 +118,23 @@ def test_an_older_copy_does_not_change_hands_and_a_full_sync_claims_unknown_rows
     db: Engine, hubspot: SandboxServer, tmp_path: Path
 ) -> None:
     assert run_sync(db, _connector(hubspot), full=True, now=NOW).status == "succeeded"
-    shared = str(COMPANY_ID_BASE + 9)
-    folder = _csv_export(tmp_path / "x", 3, account(0, id=shared, modified_at="2001-01-01T00:00:00Z"))
+    shared, gone = str(COMPANY_ID_BASE + 9), str(COMPANY_ID_BASE + 10)
+    hubspot.state.delete("companies", gone)
+    assert run_sync(db, _connector(hubspot), now=datetime.now(UTC)).status == "succeeded"
+    # The export lists both with copies older than HubSpot's: skipped, so both stay HubSpot's, and the
+    # one HubSpot deleted is not made live again by the export's revival either.
+    old = "2001-01-01T00:00:00Z"
+    folder = _csv_export(
+        tmp_path / "x", 3, account(0, id=shared, modified_at=old), account(0, id=gone, modified_at=old)
+    )
     imported = sync(db, folder)
-    assert {o.object: o.rows_skipped for o in imported.objects}["accounts"] == 1
-    assert rows(db, "SELECT source FROM accounts WHERE id = :i", i=shared) == [("hubspot",)]
+    assert {o.object: o.rows_skipped for o in imported.objects}["accounts"] == 2
+    status = "SELECT id, source, deleted FROM accounts WHERE id IN (:a, :b) ORDER BY id"
+    assert rows(db, status, a=shared, b=gone) == [(shared, "hubspot", False), (gone, "hubspot", True)]
 
     # Rows of no known source (stored before sources were kept by two of them): a full sync claims them.
     with db.begin() as conn:
         conn.execute(text("UPDATE accounts SET source = NULL WHERE source = 'hubspot'"))
     claimed = run_sync(db, _connector(hubspot), full=True, now=NOW)
-    assert {o.object: o.rows_upserted for o in claimed.objects}["accounts"] == 300
-    assert rows(db, LIVE) == [("csv", 3), ("hubspot", 300)]
+    assert {o.object: o.rows_upserted for o in claimed.objects}["accounts"] == 299
+    assert rows(db, LIVE) == [("csv", 3), ("hubspot", 299)]
