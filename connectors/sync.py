@@ -317,9 +317,9 @@ def _id_chunks(chunks: Iterable[Sequence[str]]) -> Iterator[bytes]:
 def _sweep_deletes(
     conn: Connection, state: BatchState, ids: Iterable[Sequence[str]], guard: DeleteGuard
 ) -> int:
-    """Soft-delete stored rows absent from a full snapshot's ids, and make deleted ones it lists live
-    again; refuses an export with no id at all, and one that would delete more of the live rows than
-    ``guard`` allows (raises, deleting nothing)."""
+    """Soft-delete the source's stored rows absent from a full snapshot's ids, and make its deleted ones
+    the snapshot lists live again; refuses an export with no id at all, and one that would delete more
+    of the source's live rows than ``guard`` allows (raises, deleting nothing)."""
     table = state.obj.value
     if synced.stage_present(conn, _id_chunks(ids)) == 0:
         log.warning(
