@@ -21,6 +21,7 @@ from pydantic import SecretStr
 
 from connectors.sync import SyncSummary
 from monitor.jobs import SnapshotResult
+from rebalancer.progress import Observer
 from service.jobs import propose_and_announce
 from service.runtime import open_embedded
 from service.settings import Settings
@@ -88,7 +89,11 @@ def sandbox_settings(settings: Settings, instance_url: str, access_token: str, c
 
 
 def run_demo(
-    settings: Settings, *, now: dt.datetime, status: Callable[[str], None] = lambda _: None
+    settings: Settings,
+    *,
+    now: dt.datetime,
+    status: Callable[[str], None] = lambda _: None,
+    observer: Observer | None = None,
 ) -> DemoResult:
     """Empty the demo database, sync the sandbox through the real client, measure and record drift.
 
@@ -118,7 +123,7 @@ def run_demo(
         with engine.connect() as conn:
             org = org_summary(conn)
         status(f"proposing the fewest moves ({settings.rebalancer.scenario} scenario, HiGHS)")
-        proposal = propose_and_announce(engine, settings, now=now)
+        proposal = propose_and_announce(engine, settings, now=now, observer=observer)
     log.info(
         "demo synced, measured and proposed",
         extra={"accounts": org.accounts, "snapshot_id": snapshot.snapshot_id, "sync_status": sync.status,

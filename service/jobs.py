@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from approval.writeback import ApplyReport
     from connectors.base import Connector
     from connectors.sync import SyncSummary
+    from rebalancer.progress import Observer
 
 log = logging.getLogger(__name__)
 
@@ -195,8 +196,11 @@ def snapshot_job(engine: Engine, settings: Settings, ctx: JobContext, *, kind: s
     return details
 
 
-def propose_and_announce(engine: Engine, settings: Settings, *, now: dt.datetime) -> dict[str, Any]:
-    """A proposal of the configured scenario, stored once and posted to Slack when Slack is set up."""
+def propose_and_announce(
+    engine: Engine, settings: Settings, *, now: dt.datetime, observer: Observer | None = None
+) -> dict[str, Any]:
+    """A proposal of the configured scenario, stored once and posted to Slack when Slack is set up;
+    ``observer`` sees the solver's progress (rebalancer/progress.py)."""
     from approval.notify import post_proposal
     from approval.slack import client_for
     from rebalancer.edge import propose_from_store
@@ -212,6 +216,7 @@ def propose_and_announce(engine: Engine, settings: Settings, *, now: dt.datetime
         expires_in=dt.timedelta(days=settings.slack.expiry_days),
         waves=r.waves,
         time_limit=r.time_limit_seconds,
+        observer=observer,
     )
     client = client_for(settings.slack)
     if document["stored"] and client is not None and settings.slack.channel:

@@ -28,6 +28,7 @@ from store.errors import StoreError, database_reason
 
 if TYPE_CHECKING:  # the commands import what they run; `territory --help` stays fast
     from connectors.sandbox.salesforce import SandboxServer
+    from rebalancer.progress import Progress as SolveProgress
 
 app = typer.Typer(
     name="territory",
@@ -138,8 +139,15 @@ def _run_demo(
     from service.serve import serve as run_serve
 
     demo_settings = sandbox_settings(settings, sandbox.url, sandbox.access_token, sandbox.ca_path)
+    r = settings.rebalancer
+    solver = render.SolverStatus(r.scenario, r.time_limit_seconds)
     with console.status("starting the embedded PostgreSQL") as status:
-        result = run_demo(demo_settings, now=dt.datetime.now(dt.UTC), status=status.update)
+
+        def solving(progress: SolveProgress) -> None:  # the proposal's live line replaces the status
+            solver(progress)
+            status.update(solver)
+
+        result = run_demo(demo_settings, now=dt.datetime.now(dt.UTC), status=status.update, observer=solving)
     table = output is OutputFormat.table
     if table:
         render.print_demo(result, settings.data_dir, sandbox.url, time.perf_counter() - started)

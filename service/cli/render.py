@@ -268,7 +268,7 @@ def print_apply(result: dict[str, Any], sync_line: str | None) -> None:
 # --- territory propose ---------------------------------------------------------------------------------
 
 
-class _SolverStatus:
+class SolverStatus:
     """The status line of a running solve, rendered afresh on every refresh so the time left counts
     down between the solver's reports."""
 
@@ -294,7 +294,7 @@ class _SolverStatus:
 @contextlib.contextmanager
 def solving(
     scenario: str, time_limit: float, *, quiet: bool, console: Console | None = None
-) -> Iterator[_SolverStatus | None]:
+) -> Iterator[SolverStatus | None]:
     """The solver's progress on stderr while it runs: the best solution known (band violation, moves),
     the proven bounds, the time left. Yields the observer to hand the rebalancer; nothing (None) with
     ``--format json`` or off a terminal."""
@@ -302,7 +302,7 @@ def solving(
     if quiet or not console.is_terminal:
         yield None
         return
-    status = _SolverStatus(scenario, time_limit)
+    status = SolverStatus(scenario, time_limit)
     with console.status(status):
         yield status
 
