@@ -17,11 +17,12 @@ import math
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final, Generic, TypeVar
 
 import pandas as pd
 from sqlalchemy import Connection
 
+from connectors.ahead import ahead
 from connectors.base import CANONICAL_COLUMNS, Batch, Connector, CrmObject, Cursor
 from connectors.records import (
     POSITION,
@@ -38,6 +39,8 @@ from store.bulk import csv_bytes
 from store.sync_runs import relaxed_commit
 
 log = logging.getLogger(__name__)
+
+P = TypeVar("P")
 
 ProgressFn = Callable[[CrmObject, int], None]
 """Called after each stored batch with the object and the rows read from it so far."""
@@ -120,10 +123,23 @@ def known_rows(
     return clean
 
 
-def store_batch(conn: Connection, state: BatchState, batch: Batch) -> None:
+@dataclass(frozen=True)
+class Checks:
+    """A batch after the checks that need no database: what :func:`store_batch` stores."""
+
+    checked: Checked
+    rejected: list[Rejection]
+
+
+def check_batch(state: BatchState, batch: Batch) -> Checks:
+    """:func:`checked_batch` as the batch path's preparation of a batch (run ahead of the store)."""
+    return Checks(*checked_batch(state, batch))
+
+
+def store_batch(conn: Connection, state: BatchState, batch: Batch, checks: Checks) -> None:
     """Everything one batch changes, in one transaction: rows, quarantine, deletes, history, cursor."""
     obj = state.obj
-    checked, rejected = checked_batch(state, batch)
+    checked, rejected = checks.checked, checks.rejected
     t0 = time.perf_counter()
     with conn.begin():
         relaxed_commit(conn)
@@ -152,6 +168,18 @@ def store_batch(conn: Connection, state: BatchState, batch: Batch) -> None:
     counts.add_to(state.summary)
 
 
+@dataclass(frozen=True)
+class BatchPath(Generic[P]):
+    """How each batch is stored: ``prepare`` (no database: the checks, COPY text) runs a batch or two
+    ahead in a thread (connectors/ahead.py) while ``store`` writes the one before in the database."""
+
+    prepare: Callable[[BatchState, Batch], P]
+    store: Callable[[Connection, BatchState, Batch, P], None]
+
+
+BATCH_BY_BATCH: Final[BatchPath[Checks]] = BatchPath(check_batch, store_batch)
+
+
 def read_batches(
     conn: Connection,
     state: BatchState,
@@ -160,14 +188,17 @@ def read_batches(
     *,
     full: bool,
     progress: ProgressFn | None,
-    store: Callable[[Connection, BatchState, Batch], None] | None = None,
+    path: BatchPath[Any] = BATCH_BY_BATCH,
 ) -> None:
-    """Read what changed since ``since`` and store each batch (with :func:`store_batch`, its own
-    transaction, unless ``store`` says otherwise), reporting progress after each."""
-    for batch in connector.read(state.obj, since, full=full):
-        (store or store_batch)(conn, state, batch)
-        if progress is not None:
-            progress(state.obj, state.summary.rows_read)
+    """Read what changed since ``since`` and store each batch (by default with :func:`store_batch`, its
+    own transaction), reporting progress after each. The next batches are read and prepared while one
+    is stored; a connector's error still comes after every batch read before it is stored."""
+    batches = connector.read(state.obj, since, full=full)
+    with ahead(batches, lambda batch: path.prepare(state, batch)) as prepared:
+        for batch, ready in prepared:
+            path.store(conn, state, batch, ready)
+            if progress is not None:
+                progress(state.obj, state.summary.rows_read)
 
 
 def close_batch(conn: Connection, state: BatchState, batch: Batch, counts: Counts) -> Cursor | None:

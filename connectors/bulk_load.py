@@ -20,6 +20,7 @@ from sqlalchemy import Connection
 
 from connectors.base import CANONICAL_COLUMNS, Batch, Connector, CrmObject
 from connectors.batches import (
+    BatchPath,
     BatchState,
     Counts,
     ObjectSummary,
@@ -34,7 +35,7 @@ from connectors.batches import (
     upsert_stage,
 )
 from connectors.errors import ConnectorError
-from connectors.records import POSITION
+from connectors.records import POSITION, Checked, Rejection
 from store import history, quarantine, staging, synced
 from store.bulk import Stripped, copy_csv, csv_bytes, restore_keys, strip_keys, truncate
 from store.sync_runs import relaxed_commit
@@ -111,11 +112,16 @@ def read_into_empty(
         bulk = _bulk_load(conn, state)
         summary.db_seconds += time.perf_counter() - t0
 
-        def store(c: Connection, s: BatchState, batch: Batch) -> None:
-            _store_bulk_batch(c, s, bulk, batch)
+        def prepare(s: BatchState, batch: Batch) -> _Ready:
+            return _prepare_bulk_batch(s, bulk, batch)
+
+        def store(c: Connection, s: BatchState, batch: Batch, ready: _Ready) -> None:
+            _store_bulk_batch(c, s, bulk, batch, ready)
 
         try:
-            read_batches(conn, state, connector, None, full=full, progress=progress, store=store)
+            read_batches(
+                conn, state, connector, None, full=full, progress=progress, path=BatchPath(prepare, store)
+            )
         except ConnectorError as exc:  # what was read is kept, as the batch-by-batch path keeps it
             stopped = exc
         _complete(conn, state, bulk, stripped)
@@ -167,14 +173,36 @@ def _complete(conn: Connection, state: BatchState, bulk: _BulkLoad, stripped: St
         _apply_deferred(conn, state)
 
 
-def _store_bulk_batch(conn: Connection, state: BatchState, bulk: _BulkLoad, batch: Batch) -> None:
-    """One batch of a bulk load, inside the load's transaction: its new ids COPYed straight in, its
-    repeated ids and deletes of loaded ids deferred, its bad records quarantined, its cursor and
-    counts recorded."""
-    # Validation, the in-memory checks and the COPY text are conversion: before the timing starts.
+@dataclass(frozen=True)
+class _Ready:
+    """A batch of a bulk load prepared without the database (ahead of the store, in the reading thread):
+    its checks and rejections, its clean rows split by :func:`_split_direct`, and its deletes of ids the
+    load holds by then (the others have nothing to change: the table was empty)."""
+
+    checked: Checked
+    rejected: list[Rejection]
+    direct: _Direct
+    deletes: list[str]
+
+
+def _prepare_bulk_batch(state: BatchState, bulk: _BulkLoad, batch: Batch) -> _Ready:
+    """Validate a batch, check its references in memory and split it. Batches are prepared one after
+    the other, in order, so ``bulk.loaded`` (which only this touches) holds the ids of every batch
+    before this one, as stored before this one is."""
     checked, rejected = checked_batch(state, batch)
     clean = known_rows(state, checked, rejected, bulk.known)
     direct = _split_direct(state, bulk, clean)
+    bulk.loaded.update(direct.ids)
+    return _Ready(checked, rejected, direct, [i for i in batch.deleted_ids if i in bulk.loaded])
+
+
+def _store_bulk_batch(
+    conn: Connection, state: BatchState, bulk: _BulkLoad, batch: Batch, ready: _Ready
+) -> None:
+    """One prepared batch of a bulk load, inside the load's transaction: its new ids COPYed straight in,
+    its repeated ids and deletes of loaded ids deferred, its bad records quarantined, its cursor and
+    counts recorded."""
+    checked, rejected, direct = ready.checked, ready.rejected, ready.direct
     seq, bulk.batches = bulk.batches, bulk.batches + 1
     t0 = time.perf_counter()
     counts = Counts(read=len(batch.records), skipped=checked.duplicates, quarantined=len(rejected))
@@ -183,11 +211,8 @@ def _store_bulk_batch(conn: Connection, state: BatchState, bulk: _BulkLoad, batc
         counts.upserted = len(direct.ids)
         if bulk.open_quarantine:  # a clean copy of a quarantined record resolves its open row
             quarantine.resolve(conn, state.source, state.obj.value, direct.ids)
-        bulk.loaded.update(direct.ids)
-    # A delete of an id the load does not hold has nothing to change: the table was empty.
-    deletes = [i for i in batch.deleted_ids if i in bulk.loaded]
-    if not direct.repeated.empty or deletes:
-        _defer(conn, state, bulk, seq, batch, direct.repeated, deletes)
+    if not direct.repeated.empty or ready.deletes:
+        _defer(conn, state, bulk, seq, batch, direct.repeated, ready.deletes)
     put_quarantine(conn, state, [(rid, why, raw_json(batch, pos)) for rid, why, pos in rejected])
     bulk.open_quarantine |= bool(rejected)  # a later clean copy of one of them must resolve its row
     new_cursor = close_batch(conn, state, batch, counts)

@@ -21,6 +21,7 @@ import pandas as pd
 from sqlalchemy import Connection, Engine
 from sqlalchemy.exc import DBAPIError
 
+from connectors.ahead import ahead
 from connectors.base import Connector, CrmObject, Cursor
 from connectors.batches import (
     CLOCK_SKEW,
@@ -363,7 +364,10 @@ def _seed_history(conn: Connection, state: BatchState, chunks: Iterable[pd.DataF
     resolved.
     """
     bad: list[tuple[str, str, dict[str, Any]]] = []  # record id, reason, raw row
-    history.stage_history(conn, _checked_history(chunks, bad))
+    # The export is read and checked in a thread while the COPY takes the chunks before; ``bad`` is
+    # complete once the block has joined it.
+    with ahead(_checked_history(chunks, bad), lambda text: None) as checked:
+        history.stage_history(conn, (text for text, _ in checked))
     failed, duplicates = history.take_bad_history(conn)
     for account_id, owner_id, start, end, reason in failed:
         raw = {
