@@ -93,6 +93,13 @@ class Counts:
     quarantined: int = 0
     deleted: int = 0
 
+    def add(self, other: Counts) -> None:
+        self.read += other.read
+        self.upserted += other.upserted
+        self.skipped += other.skipped
+        self.quarantined += other.quarantined
+        self.deleted += other.deleted
+
     def add_to(self, summary: ObjectSummary) -> None:
         summary.rows_read += self.read
         summary.rows_upserted += self.upserted
@@ -204,6 +211,13 @@ def read_batches(
 def close_batch(conn: Connection, state: BatchState, batch: Batch, counts: Counts) -> Cursor | None:
     """Save the batch's cursor when it is ahead of the saved one, and add its counts to its run's row;
     returns the cursor saved, if any (it counts as saved once the transaction commits)."""
+    new_cursor = save_cursor(conn, state, batch)
+    count_in_run(conn, state, counts)
+    return new_cursor
+
+
+def save_cursor(conn: Connection, state: BatchState, batch: Batch) -> Cursor | None:
+    """Save the batch's cursor when it is ahead of the saved one; returns the cursor saved, if any."""
     new_cursor = batch.cursor
     if new_cursor is not None and new_cursor.modified_at > state.now:
         new_cursor = Cursor(state.now)  # never past the run's start: later changes must still be read
@@ -211,7 +225,6 @@ def close_batch(conn: Connection, state: BatchState, batch: Batch, counts: Count
         new_cursor = None
     if new_cursor is not None:
         sync_runs.save_watermark(conn, state.source, state.obj.value, new_cursor.to_json())
-    count_in_run(conn, state, counts)
     return new_cursor
 
 

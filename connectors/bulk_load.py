@@ -26,12 +26,12 @@ from connectors.batches import (
     ObjectSummary,
     ProgressFn,
     checked_batch,
-    close_batch,
     count_in_run,
     known_rows,
     put_quarantine,
     raw_json,
     read_batches,
+    save_cursor,
     upsert_stage,
 )
 from connectors.errors import ConnectorError
@@ -58,6 +58,7 @@ class _BulkLoad:
     open_quarantine: bool = False  # some quarantine row of this source and object is unresolved
     batches: int = 0  # batches stored so far: the order of the deferred parts
     deferring: bool = False  # the deferred tables exist
+    uncounted: Counts = field(default_factory=Counts)  # the batches' counts, added to the run's row once
 
     def known(self, table: str, ids: Sequence[str]) -> list[str]:
         """Those of ``ids`` stored in ``table`` before the load (the reference checks' look-up)."""
@@ -165,6 +166,7 @@ def _complete(conn: Connection, state: BatchState, bulk: _BulkLoad, stripped: St
     """The accounts' first assignments (while the history has no index to maintain), what
     :func:`strip_keys` dropped, then the deferred copies, in the load's transaction."""
     t0 = time.perf_counter()
+    count_in_run(conn, state, bulk.uncounted)
     if state.obj is CrmObject.accounts and not state.history_seeded:
         history.open_first(conn, state.now.date())
     restore_keys(conn, stripped)
@@ -215,9 +217,12 @@ def _store_bulk_batch(
         _defer(conn, state, bulk, seq, batch, direct.repeated, ready.deletes)
     put_quarantine(conn, state, [(rid, why, raw_json(batch, pos)) for rid, why, pos in rejected])
     bulk.open_quarantine |= bool(rejected)  # a later clean copy of one of them must resolve its row
-    new_cursor = close_batch(conn, state, batch, counts)
+    new_cursor = save_cursor(conn, state, batch)
     if new_cursor is not None:
         state.saved = new_cursor  # committed with the load, or rolled back with the counts
+    # One transaction: the run's row is updated once at the end (a row updated per batch inside one
+    # transaction grows a chain of versions that each update walks).
+    bulk.uncounted.add(counts)
     state.summary.db_seconds += time.perf_counter() - t0
     counts.add_to(state.summary)
 

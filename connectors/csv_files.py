@@ -46,6 +46,9 @@ DEFAULT_CHUNK_ROWS: Final = 5000
 ENCODING: Final = "utf-8-sig"  # UTF-8; a byte-order mark (spreadsheet exports) is tolerated
 _BLOCK_BYTES: Final = 1 << 22  # what Arrow's reader parses at a time
 _TEXT: Final = pd.StringDtype("pyarrow", na_value=np.nan)
+# The chunks of a file that is taken whole in one statement (the snapshot's ids, the assignments): no
+# batch of its own, so larger chunks only save the per-chunk work.
+_WHOLE_CHUNK_ROWS: Final = 100_000
 
 
 def _frame(table: pa.Table) -> pd.DataFrame:
@@ -141,11 +144,15 @@ class CsvConnector:
             )
         return header
 
-    def _chunks(self, name: str, usecols: Sequence[str] | None = None) -> Iterator[pd.DataFrame]:
-        """The file's rows as all-text frames of at most ``chunk_rows`` rows (blank cells are ""), read
+    def _chunks(
+        self, name: str, usecols: Sequence[str] | None = None, chunk_rows: int | None = None
+    ) -> Iterator[pd.DataFrame]:
+        """The file's rows as all-text frames of at most ``chunk_rows`` rows (by default the connector's
+        batch size; blank cells are ""), read
         by Arrow's CSV reader; the columns are Arrow-backed text. A row with fewer or more fields than
         the header comes as a row of blanks with its reason in ``INVALID_ROW`` (and its text)."""
         path = self.folder / name
+        size = chunk_rows or self.chunk_rows
         header = self._header(path, FILES[name])
         invalid: list[tuple[str, str]] = []
 
@@ -175,10 +182,10 @@ class CsvConnector:
                 invalid.clear()
                 pending.append(block)
                 rows += block.num_rows
-                while rows >= self.chunk_rows:
+                while rows >= size:
                     table = pa.Table.from_batches(pending)
-                    yield _frame(table.slice(0, self.chunk_rows))
-                    rest = table.slice(self.chunk_rows)
+                    yield _frame(table.slice(0, size))
+                    rest = table.slice(size)
                     pending, rows = rest.to_batches(), rest.num_rows
             if invalid:  # the handler runs as a block is parsed: a last one may follow the last block
                 empty = pa.RecordBatch.from_arrays(
@@ -223,7 +230,7 @@ class CsvConnector:
 
     def snapshot_ids(self, obj: CrmObject) -> Iterator[Sequence[str]]:
         """Every non-empty id in ``obj``'s file: whatever a stored row's id is not among was deleted."""
-        for chunk in self._chunks(FILE_OF[obj], usecols=["id"]):
+        for chunk in self._chunks(FILE_OF[obj], usecols=["id"], chunk_rows=_WHOLE_CHUNK_ROWS):
             ids = strip_text(chunk["id"])
             yield ids[ids != ""].tolist()
 
@@ -232,7 +239,7 @@ class CsvConnector:
         name = "assignments.csv"
         if not (self.folder / name).is_file():
             return
-        for chunk in self._chunks(name):
+        for chunk in self._chunks(name, chunk_rows=_WHOLE_CHUNK_ROWS):
             yield chunk[list(FILES[name])].apply(strip_text)
 
     def apply_owner_changes(
