@@ -80,23 +80,36 @@ def _with_invalid(
 def _check_utf8(path: Path) -> None:
     """Refuse a file that is not UTF-8 throughout, naming the line, before any of it is read: a stray
     byte found while parsing would fail the object half way (and Arrow cannot hand over the text of a
-    row that is both malformed and not UTF-8)."""
+    row that is both malformed and not UTF-8). An ASCII block between whole characters is UTF-8 as it
+    stands (the usual export: no decoding); lines are counted only to name the one that fails."""
     decoder = codecs.getincrementaldecoder("utf-8")()
-    lines = 1
+    offset = 0
     with path.open("rb") as fh:
         while block := fh.read(_BLOCK_BYTES):
-            try:
-                decoder.decode(block)
-            except UnicodeDecodeError as exc:
-                line = lines + block.count(b"\n", 0, exc.start)
-                raise ConnectorConfigError(
-                    f"{path.name}: not UTF-8 text (line {line}: {exc.reason})"
-                ) from None
-            lines += block.count(b"\n")
+            if not (block.isascii() and not decoder.getstate()[0]):
+                try:
+                    decoder.decode(block)
+                except UnicodeDecodeError as exc:
+                    line = _lines_before(path, offset) + block.count(b"\n", 0, exc.start)
+                    raise ConnectorConfigError(
+                        f"{path.name}: not UTF-8 text (line {line}: {exc.reason})"
+                    ) from None
+            offset += len(block)
         try:
             decoder.decode(b"", final=True)
         except UnicodeDecodeError as exc:
-            raise ConnectorConfigError(f"{path.name}: not UTF-8 text (line {lines}: {exc.reason})") from None
+            line = _lines_before(path, offset)
+            raise ConnectorConfigError(f"{path.name}: not UTF-8 text (line {line}: {exc.reason})") from None
+
+
+def _lines_before(path: Path, offset: int) -> int:
+    """The number of the line that byte ``offset`` of the file is on (from 1)."""
+    lines = 1
+    with path.open("rb") as fh:
+        while offset > 0 and (block := fh.read(min(_BLOCK_BYTES, offset))):
+            lines += block.count(b"\n")
+            offset -= len(block)
+    return lines
 
 
 class CsvConnector:
