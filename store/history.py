@@ -183,11 +183,13 @@ def stage_history(conn: Connection, chunks: Iterable[bytes]) -> None:
     conn.execute(text("ANALYZE history_stage"))
 
 
-# The export's rows against each other and the store, in order; a row fails at its first reason.
-_STAGED_CHECKS: Final = (
+# The export's rows against each other and the store, in order; a row fails at its first reason. Each
+# check is its statements: those it needs run first, the last selects the failing rows and their reasons.
+_STAGED_CHECKS: Final[tuple[tuple[str, ...], ...]] = (
     # The references, then one current row per account (the last in export order stays), then a current
     # row must name the account's owner (what accounts.csv says, stored just before).
-    """
+    (
+        """
     SELECT s._pos, CASE
       WHEN a.id IS NULL THEN 'unknown account: ' || s.account_id
       WHEN o.id IS NULL THEN 'unknown owner: ' || s.owner_id
@@ -201,18 +203,43 @@ _STAGED_CHECKS: Final = (
           FROM history_stage h) s
     LEFT JOIN accounts a ON a.id = s.account_id LEFT JOIN owners o ON o.id = s.owner_id
     """,
-    # Tenures of one account may not overlap ([start, end), an open end lasting for ever): a row that
-    # starts before an earlier-starting row of the account ends is the one that goes.
-    """
-    SELECT s._pos, 'overlaps an earlier tenure of the account, which ends '
-      || CASE WHEN s.earlier_end = 'infinity' THEN 'never (a current one)' ELSE s.earlier_end::text END
-      AS reason
-    FROM (SELECT h._pos, h.start_date, max(coalesce(h.end_date, 'infinity')) OVER (
-            PARTITION BY h.account_id ORDER BY h.start_date, h._pos
-            ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS earlier_end
-          FROM history_stage h) s
-    WHERE s.start_date < s.earlier_end
-    """,
+    ),
+    (
+        # Tenures of one account may not overlap ([start, end), an open end lasting for ever). In order of
+        # start (then export order) a row that starts before the tenures kept so far end is the one that
+        # goes; a row that goes does not count against the rows after it, so one bad row takes no good one
+        # with it. That is a walk per account (recursive, one step per row, all accounts at once, each step
+        # an index look-up), taken only over the accounts where some row starts before the rows before it
+        # end (a window, set-based): the walk can only drop rows of those.
+        """
+        CREATE TEMP TABLE tenure_walk ON COMMIT DROP AS
+        WITH ordered AS (
+          SELECT h._pos, h.account_id, h.start_date, coalesce(h.end_date, 'infinity') AS end_date,
+            row_number() OVER w AS rn,
+            max(coalesce(h.end_date, 'infinity')) OVER (w ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING)
+              AS earlier_end
+          FROM history_stage h WINDOW w AS (PARTITION BY h.account_id ORDER BY h.start_date, h._pos)
+        )
+        SELECT o._pos, o.account_id, o.start_date, o.end_date, o.rn FROM ordered o
+        WHERE o.account_id IN (SELECT account_id FROM ordered WHERE start_date < earlier_end)
+        """,
+        "CREATE INDEX ON tenure_walk (account_id, rn)",
+        "ANALYZE tenure_walk",
+        """
+        WITH RECURSIVE walk AS (
+          SELECT t.account_id, t.rn, t._pos, t.end_date AS kept_end, NULL::date AS clash
+          FROM tenure_walk t WHERE t.rn = 1
+          UNION ALL
+          SELECT t.account_id, t.rn, t._pos,
+            CASE WHEN t.start_date < w.kept_end THEN w.kept_end ELSE greatest(w.kept_end, t.end_date) END,
+            CASE WHEN t.start_date < w.kept_end THEN w.kept_end END
+          FROM walk w JOIN tenure_walk t ON t.account_id = w.account_id AND t.rn = w.rn + 1
+        )
+        SELECT _pos, 'overlaps an earlier tenure of the account, which ends '
+          || CASE WHEN clash = 'infinity' THEN 'never (a current one)' ELSE clash::text END AS reason
+        FROM walk WHERE clash IS NOT NULL
+        """,
+    ),
 )
 
 
@@ -233,7 +260,9 @@ def take_bad_history(conn: Connection) -> tuple[list[tuple[str, str, dt.date, dt
         text("CREATE TEMP TABLE history_bad (_pos bigint, account_id text, owner_id text, "
              "start_date date, end_date date, reason text) ON COMMIT DROP")
     )  # fmt: skip
-    for check in _STAGED_CHECKS:  # each check sees only the rows the ones before it kept
+    for *setup, check in _STAGED_CHECKS:  # each check sees only the rows the ones before it kept
+        for statement in setup:
+            conn.execute(text(statement))
         conn.execute(
             text(
                 f"WITH bad AS (SELECT * FROM ({check}) c WHERE c.reason IS NOT NULL), "  # noqa: S608 - constants

@@ -370,6 +370,39 @@ def test_a_quarantined_tenure_is_stored_once_the_export_is_fixed(db: Engine, tmp
     assert rows(db, open_rows) == [("001A2:2025-01-01", "end_date before start_date")]
 
 
+def test_a_quarantined_tenure_does_not_push_out_the_rows_after_it(db: Engine, tmp_path: Path) -> None:
+    """A row quarantined for overlapping is not in the history, so the rows after it are judged
+    against the tenures that stay: a corrected copy with a longer end (a usual export mistake) takes
+    neither the current row nor the next tenure with it."""
+    history = [
+        _tenure("001A1", "005O2", "2025-01-01", "2025-06-01"),
+        _tenure("001A1", "005O2", "2025-01-01", "2025-09-01"),  # overlaps the row before: quarantined
+        _tenure("001A1", "005O1", "2025-06-01"),  # starts where the first ends: stays
+        _tenure("001A2", "005O2", "2025-01-01", "2025-03-01"),
+        _tenure("001A2", "005O2", "2025-02-01", "2025-12-01"),  # overlaps the row before: quarantined
+        _tenure("001A2", "005O2", "2025-06-01", "2025-08-01"),  # overlaps only the quarantined one
+        _tenure("001A2", "005O1", "2025-11-01"),  # so does the current one
+    ]
+    folder = write_export(
+        tmp_path / "x", owners=[owner(1), owner(2)], accounts=[account(1), account(2)], assignments=history
+    )
+    summary = sync(db, folder)
+    sql = "SELECT account_id, owner_id, start_date, end_date, source FROM assignment_history ORDER BY 1, 3"
+    assert rows(db, sql) == [
+        ("001A1", "005O2", dt.date(2025, 1, 1), dt.date(2025, 6, 1), "import"),
+        ("001A1", "005O1", dt.date(2025, 6, 1), None, "import"),
+        ("001A2", "005O2", dt.date(2025, 1, 1), dt.date(2025, 3, 1), "import"),
+        ("001A2", "005O2", dt.date(2025, 6, 1), dt.date(2025, 8, 1), "import"),
+        ("001A2", "005O1", dt.date(2025, 11, 1), None, "import"),
+    ]
+    open_rows = "SELECT record_id, reason FROM quarantine WHERE resolved_at IS NULL ORDER BY 1"
+    assert rows(db, open_rows) == [
+        ("001A1:2025-01-01", "overlaps an earlier tenure of the account, which ends 2025-06-01"),
+        ("001A2:2025-02-01", "overlaps an earlier tenure of the account, which ends 2025-03-01"),
+    ]
+    assert " 2 quarantined " in summary.one_line()
+
+
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
