@@ -10,6 +10,7 @@ from __future__ import annotations
 import codecs
 import csv
 import datetime as dt
+import hashlib
 import logging
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -254,6 +255,17 @@ class CsvConnector:
             return
         for chunk in self._chunks(name, chunk_rows=_WHOLE_CHUNK_ROWS):
             yield chunk[list(FILES[name])].apply(strip_text)
+
+    def history_version(self) -> str | None:
+        """A digest of assignments.csv (None when the export has none): the same digest, the same rows."""
+        path = self.folder / "assignments.csv"
+        if not path.is_file():
+            return None
+        digest = hashlib.blake2b(digest_size=16)
+        with path.open("rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                digest.update(block)
+        return digest.hexdigest()
 
     def apply_owner_changes(
         self, changes: Sequence[OwnerChange], obj: CrmObject = CrmObject.accounts

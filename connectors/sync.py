@@ -77,6 +77,10 @@ class HistorySource(Protocol):
         """Chunks of ``account_id, owner_id, start_date, end_date`` as text (empty end = current)."""
         ...
 
+    def history_version(self) -> str | None:
+        """A fingerprint of that history (None: none carried); the same fingerprint, the same rows."""
+        ...
+
 
 DEFAULT_MAX_DELETE_SHARE = 0.10
 
@@ -239,8 +243,7 @@ def _sync_object(
             if obj is CrmObject.accounts and isinstance(connector, HistorySource):
                 with conn.begin():
                     relaxed_commit(conn)
-                    # Read while an account lacks a current row or a row of the file waits in the quarantine.
-                    if history.missing(conn) or quarantine.has_open(conn, source, "assignments"):
+                    if _history_wanted(conn, state, connector, full):
                         _seed_history(conn, state, connector.history())
                     _open_missing_history(conn, state)
         summary.status = "succeeded"
@@ -354,6 +357,25 @@ def _open_missing_history(conn: Connection, state: BatchState) -> None:
             "current assignments opened",
             extra={"sync_run_id": state.run_id, "source": state.source, "opened": opened},
         )
+
+
+HISTORY_OBJECT: Final = "assignments"
+"""The object of the history's quarantine rows and of the fingerprint of the history last read."""
+
+
+def _history_wanted(conn: Connection, state: BatchState, connector: HistorySource, full: bool) -> bool:
+    """Whether to read the export's history: while an account lacks a current row, or while rows of it
+    wait in the quarantine and either the run is full or the history changed since it was last read
+    (an unchanged file would only quarantine the same rows again). Saves the fingerprint it read."""
+    version = connector.history_version()
+    saved = sync_runs.watermark(conn, state.source, HISTORY_OBJECT)
+    changed = saved is None or saved.get("version") != version
+    wanted = history.missing(conn) or (
+        quarantine.has_open(conn, state.source, HISTORY_OBJECT) and (full or changed)
+    )
+    if wanted and changed:
+        sync_runs.save_watermark(conn, state.source, HISTORY_OBJECT, {"version": version})
+    return wanted
 
 
 def _seed_history(conn: Connection, state: BatchState, chunks: Iterable[pd.DataFrame]) -> None:

@@ -403,6 +403,35 @@ def test_a_quarantined_tenure_does_not_push_out_the_rows_after_it(db: Engine, tm
     assert " 2 quarantined " in summary.one_line()
 
 
+def test_an_unchanged_history_is_not_read_again_for_its_quarantine(db: Engine, tmp_path: Path) -> None:
+    """A row that stays bad (an account the CRM purged) keeps its quarantine row open; an incremental
+    import of the same assignments.csv does not read and check the whole file again for it (it would
+    only quarantine the same row again), a full one does, and so does one whose file changed."""
+    history = [_tenure("001A1", "005O1", "2025-01-01"), _tenure("001A9", "005O1", "2025-01-01")]
+    export = {"owners": [owner(1)], "accounts": [account(1)]}
+    folder = write_export(tmp_path / "x", **export, assignments=history)
+    first = sync(db, folder)
+    assert sum(o.history_quarantined for o in first.objects) == 1
+    open_rows = "SELECT record_id, reason FROM quarantine WHERE resolved_at IS NULL"
+    assert rows(db, open_rows) == [("001A9:2025-01-01", "unknown account: 001A9")]
+    seen = "SELECT sync_run_id FROM quarantine WHERE record_id = '001A9:2025-01-01'"
+    (before,) = rows(db, seen)
+
+    again = sync(db, folder)
+    assert sum(o.history_quarantined for o in again.objects) == 0
+    assert rows(db, seen) == [before]  # not seen again: the file was not read
+    assert rows(db, open_rows) == [("001A9:2025-01-01", "unknown account: 001A9")]
+
+    full = sync(db, folder, full=True)
+    assert sum(o.history_quarantined for o in full.objects) == 1
+    assert rows(db, seen) != [before]
+
+    write_export(folder, **export, assignments=history[:1])  # the purged account's row dropped
+    changed = sync(db, folder)
+    assert sum(o.history_quarantined for o in changed.objects) == 0
+    assert rows(db, "SELECT count(*) FROM assignment_history") == [(1,)]
+
+
 @pytest.mark.parametrize(
     ("mutate", "message"),
     [
