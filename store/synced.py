@@ -14,6 +14,7 @@ from sqlalchemy import (
     ARRAY,
     ColumnElement,
     Connection,
+    Select,
     Table,
     Text,
     any_,
@@ -95,7 +96,7 @@ def is_empty(conn: Connection, name: str) -> bool:
 
 def stage_present(conn: Connection, chunks: Iterable[bytes]) -> int:
     """COPY a snapshot's ids (headerless one-column CSV) into the temp table ``present``; their count."""
-    conn.execute(text("CREATE TEMP TABLE present (id text) ON COMMIT DROP"))
+    conn.execute(text('CREATE TEMP TABLE present (id text COLLATE "C") ON COMMIT DROP'))
     copy_csv(conn, "present", ["id"], chunks)
     count = int(conn.execute(select(func.count()).select_from(_present)).scalar_one())
     if count:
@@ -109,10 +110,21 @@ def _absent(t: Table) -> ColumnElement[bool]:
 
 def count_absent(conn: Connection, name: str, source: str) -> tuple[int, int]:
     """(``source``'s live rows, those of them absent from ``present``)."""
-    t = SYNCED[name]
-    counts = select(func.count(), func.count().filter(_absent(t))).where(live(t), own(t, source))
-    row = conn.execute(counts).one()
+    row = conn.execute(absent_counts(name, source)).one()
     return int(row[0]), int(row[1])
+
+
+def absent_counts(name: str, source: str) -> Select[tuple[int, int]]:
+    """What :func:`count_absent` runs: an outer join to the distinct ids, not ``NOT EXISTS`` in the
+    count's filter, where the planner runs the subquery once per row (a scan of ``present`` each:
+    minutes at 200,000 rows)."""
+    t = SYNCED[name]
+    listed = select(_present.c.id).distinct().subquery("listed")
+    return (
+        select(func.count(), func.count().filter(listed.c.id.is_(None)))
+        .select_from(t.outerjoin(listed, listed.c.id == t.c.id))
+        .where(live(t), own(t, source))
+    )
 
 
 def delete_absent(conn: Connection, name: str, source: str) -> int:
