@@ -219,6 +219,7 @@ def test_a_broken_export_never_loses_a_row_nor_raises(
     assert code in EXITS, (code, out, err)
     assert "Traceback" not in err
     assert "Traceback" not in out
+    refused: set[str] = set()
     if code == 2:
         assert err.startswith("territory: config error: "), err
         assert len(err.strip().splitlines()) == 1, err
@@ -227,12 +228,25 @@ def test_a_broken_export_never_loses_a_row_nor_raises(
         for o in summary["objects"]:
             assert o["rows_read"] == o["rows_upserted"] + o["rows_quarantined"] + o["rows_skipped"], o
             assert code != 0 or o["status"] == "succeeded", o
+            if o["status"] == "refused":
+                refused.add(o["object"])
+        assert (code == 4) == bool(refused), summary
+        with database.connect() as conn:  # sync_runs holds the counts the summary printed
+            for o in summary["objects"]:
+                stored = conn.execute(
+                    text("SELECT rows_read, rows_upserted, rows_deleted, rows_quarantined FROM sync_runs "
+                         "WHERE id = :i"), {"i": o["run_id"]},
+                ).one()  # fmt: skip
+                assert tuple(stored) == (o["rows_read"], o["rows_upserted"], o["rows_deleted"],
+                                         o["rows_quarantined"]), o  # fmt: skip
 
     after = _live(database)
     for obj, was in before.items():
         gone = was - after[obj]
         if not gone:
             continue
+        assert code != 2, (obj, "a configuration error deleted rows")
+        assert obj not in refused, (obj, "a refused mass delete deleted rows")
         listed = (folder / f"{obj}.csv").read_bytes()
         assert not [i for i in gone if i.encode() in listed], (obj, "a listed row stopped being live")
         assert len(gone) <= MAX_SHARE * len(was), (obj, "more went than the guard allows", len(gone))
