@@ -16,25 +16,35 @@ exactly the drifted ones. The solve runs in a child process so that
 its peak RSS counts the rebalancer only, not the generator.
 
     .venv/bin/python -m bench.rebalance [--sizes small,medium,large] [--seed N] [--time-limit S]
+        [--compare] [--observer-overhead PAIRS]
+
+``--observer-overhead PAIRS`` solves each org PAIRS more times, alternately without and with the
+progress line of `territory propose` (rebalancer/progress.py behind the CLI's live status), and prints
+both times, the reports the line received and the median ratio of the pairs.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import datetime as dt
 import heapq
+import io
 import json
 import pickle
 import resource
+import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from rich.console import Console
 
 from connectors.sandbox.generator import DEFAULT_NOW, generate_org
 from monitor.drift import DEFAULT_RULES
@@ -45,6 +55,7 @@ from rebalancer.model import Compiled, compile_problem
 from rebalancer.problem import Problem, Scenario
 from rebalancer.propose import propose, total_violation
 from rebalancer.scenarios import bands_from_rules
+from service.cli.render import solving  # imported before any timing, as the CLI has it imported
 
 SIZES = {
     "small": (5_000, 50, 8),
@@ -232,12 +243,15 @@ def compare_solvers(problem: Problem, scenario: Scenario, time_limit: float) -> 
         )
 
 
-def child(path: str, time_limit: float, curve: bool) -> None:
-    """The measuring process: solve the pickled problem and print one JSON line."""
+def child(path: str, time_limit: float, curve: bool, observe: bool) -> None:
+    """The measuring process: solve the pickled problem and print one JSON line. With ``observe`` the
+    solve is watched as `territory propose` watches it on a terminal: the CLI's status line, live on a
+    forced terminal that writes to memory, fed by the HiGHS callbacks."""
     problem = pickle.loads(Path(path).read_bytes())  # noqa: S301 - the benchmark's own file
     scenario = default_scenario()
     started = time.perf_counter()
-    proposal = propose(problem, scenario, time_limit=time_limit, with_curve=False)
+    with _watching(observe, time_limit) as observer:
+        proposal = propose(problem, scenario, time_limit=time_limit, with_curve=False, observer=observer)
     seconds = time.perf_counter() - started
     report = {
         "seconds": seconds,
@@ -250,6 +264,7 @@ def child(path: str, time_limit: float, curve: bool) -> None:
         "heuristic": dataclasses.asdict(proposal.heuristic),
         "waves": proposal.waves,
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "reports": observer.reports if observer is not None else 0,
     }
     if curve:
         from rebalancer.propose import tradeoff
@@ -261,7 +276,70 @@ def child(path: str, time_limit: float, curve: bool) -> None:
     print(json.dumps(report))
 
 
-def run_size(name: str, seed: int, time_limit: float, compare: bool) -> None:
+class _Counting:
+    """The CLI's status line as the observer, counting the reports it is handed."""
+
+    def __init__(self, status: Any) -> None:
+        self.status, self.reports = status, 0
+
+    def __call__(self, progress: Any) -> None:
+        self.reports += 1
+        self.status(progress)
+
+
+@contextlib.contextmanager
+def _watching(observe: bool, time_limit: float) -> Iterator[_Counting | None]:
+    if not observe:
+        yield None
+        return
+    console = Console(file=io.StringIO(), force_terminal=True, width=100)
+    with solving("default", time_limit, quiet=False, console=console) as status:
+        yield _Counting(status)
+
+
+def _solve_child(problem_path: str, time_limit: float, *flags: str) -> dict[str, Any]:
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.rebalance",
+            "--child",
+            problem_path,
+            "--time-limit",
+            str(time_limit),
+            *flags,
+        ],
+        check=True,
+        capture_output=True,
+        text=True,
+    )
+    report: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return report
+
+
+def observer_overhead(problem_path: str, time_limit: float, repeat: int) -> None:
+    """The same solve without and with the progress line, alternately ``repeat`` times: the medians and
+    the median of the pairs' ratios (each pair run back to back, so they share the machine's load)."""
+    plain, watched, ratios = [], [], []
+    for _ in range(repeat):
+        a = _solve_child(problem_path, time_limit)
+        b = _solve_child(problem_path, time_limit, "--observe")
+        plain.append(a["seconds"])
+        watched.append(b["seconds"])
+        ratios.append(b["seconds"] / a["seconds"])
+        print(
+            f"  without the line: {a['moves']} moves, {a['solver']['status']}, {a['seconds']:.2f} s; "
+            f"with it: {b['moves']} moves, {b['solver']['status']}, {b['seconds']:.2f} s, "
+            f"{b['reports']} reports"
+        )
+    print(
+        f"progress line overhead: median {statistics.median(plain):.2f} s without, "
+        f"{statistics.median(watched):.2f} s with, median ratio {statistics.median(ratios):.3f} "
+        f"over {repeat} pairs"
+    )
+
+
+def run_size(name: str, seed: int, time_limit: float, compare: bool, overhead: int) -> None:
     accounts, reps, drifting = SIZES[name]
     started = time.perf_counter()
     problem = drifting_org(accounts, reps, drifting, seed)
@@ -273,16 +351,11 @@ def run_size(name: str, seed: int, time_limit: float, compare: bool) -> None:
     print(f"band violation before: {total_violation(c, c.owner):.3f}")
     with tempfile.NamedTemporaryFile(suffix=".pickle", delete=False) as f:
         f.write(pickle.dumps(problem))
-    out = subprocess.run(
-        [sys.executable, "-m", "bench.rebalance", "--child", f.name, "--time-limit", str(time_limit)]
-        + (["--curve"] if name != "large" else []),
-        check=True,
-        capture_output=True,
-        text=True,
-    )
-    Path(f.name).unlink()
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    report = _solve_child(f.name, time_limit, *(["--curve"] if name != "large" else []))
     _print(report)
+    if overhead:
+        observer_overhead(f.name, time_limit, overhead)
+    Path(f.name).unlink()
     print(f"from-scratch re-alignment would move {realignment_moves(problem, scenario):,} accounts")
     if compare:
         print("solvers on the same instances (sequential; CP-SAT with 2 workers, HiGHS 1 thread):")
@@ -317,12 +390,20 @@ def main() -> None:
     parser.add_argument("--child")
     parser.add_argument("--curve", action="store_true")
     parser.add_argument("--compare", action="store_true", help="also solve with CP-SAT (small, medium)")
+    parser.add_argument(
+        "--observer-overhead",
+        type=int,
+        default=0,
+        metavar="PAIRS",
+        help="also solve PAIRS times without and with the CLI's progress line, alternately",
+    )
+    parser.add_argument("--observe", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
-        child(args.child, args.time_limit, args.curve)
+        child(args.child, args.time_limit, args.curve, args.observe)
         return
     for name in args.sizes.split(","):
-        run_size(name, args.seed, args.time_limit, args.compare and name != "large")
+        run_size(name, args.seed, args.time_limit, args.compare and name != "large", args.observer_overhead)
 
 
 if __name__ == "__main__":
