@@ -183,37 +183,51 @@ def stage_history(conn: Connection, chunks: Iterable[bytes]) -> None:
     conn.execute(text("ANALYZE history_stage"))
 
 
-# The export's rows against each other and the store, in one pass over the staged rows (three window
-# sorts): an exact copy of an earlier row (dropped, not quarantined); then, for the other rows, the
-# references, one current row per account (the last in export order stays) and a current row naming the
-# account's owner (what accounts.csv says, stored just before); and whether the row starts before an
-# earlier row of its account ends, which flags the accounts the overlap walk below has to look at.
+# The export's rows against each other and the store, in one pass over the staged rows and one sort, by
+# account, start date, end date (latest first, a current row before all) and owner, then export order:
+# an exact copy of an earlier row (dropped, not quarantined) follows it in that order; then, for the
+# other rows, the references, one current row per account (the last in export order stays) and a
+# current row naming the account's owner (what accounts.csv says, stored just before); and whether the
+# row starts before an earlier row of its account in that order ends, which flags the accounts the
+# overlap walk below has to look at. Flagged is a superset of the accounts the walk drops a row of: such
+# a row t starts before the end of some row i that comes earlier by (start, export order); if i comes
+# later in this order, they start on the same day and t ends no earlier than i, so i is flagged.
+# ``span`` is the end date as the sort needs it (start - end in days, a current row the least), one to
+# one with it for a given start. Only the rows that are copies, fail or are flagged are kept.
 _CHECK: Final = """
     CREATE TEMP TABLE history_checked ON COMMIT DROP AS
-    SELECT s._pos, s.account_id, s.copy > 1 AS duplicate, s.start_date < s.earlier_end AS tangled,
-      CASE
-        WHEN s.copy > 1 THEN NULL
-        WHEN s.account_known IS NULL THEN 'unknown account: ' || s.account_id
-        WHEN s.owner_known IS NULL THEN 'unknown owner: ' || s.owner_id
-        WHEN s.end_date IS NULL AND s.later_current > 0 THEN 'a second current assignment of the account'
-        WHEN s.end_date IS NULL AND s.account_owner IS DISTINCT FROM s.owner_id THEN
-          'the current assignment names owner ' || s.owner_id || ', the account''s owner is '
-          || coalesce(s.account_owner, 'none')
-      END AS reason
-    FROM (
-      SELECT d.*,
-        count(*) FILTER (WHERE d.end_date IS NULL AND d.copy = 1) OVER (PARTITION BY d.account_id
-          ORDER BY d._pos DESC ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS later_current,
-        max(coalesce(d.end_date, 'infinity')) OVER (PARTITION BY d.account_id ORDER BY d.start_date, d._pos
-          ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS earlier_end
+    SELECT * FROM (
+      SELECT s._pos, s.account_id, s.copy > 1 AS duplicate, s.start_date < s.earlier_end AS tangled,
+        CASE
+          WHEN s.copy > 1 THEN NULL
+          WHEN a.id IS NULL THEN 'unknown account: ' || s.account_id
+          WHEN o.id IS NULL THEN 'unknown owner: ' || s.owner_id
+          WHEN s.end_date IS NULL AND s._pos < s.last_current THEN
+            'a second current assignment of the account'
+          WHEN s.end_date IS NULL AND a.owner_id IS DISTINCT FROM s.owner_id THEN
+            'the current assignment names owner ' || s.owner_id || ', the account''s owner is '
+            || coalesce(a.owner_id, 'none')
+        END AS reason
       FROM (
-        SELECT h.*, a.id AS account_known, a.owner_id AS account_owner, o.id AS owner_known,
-          row_number() OVER (PARTITION BY h.account_id, h.owner_id, h.start_date, h.end_date ORDER BY h._pos)
-            AS copy
-        FROM history_stage h
-        LEFT JOIN accounts a ON a.id = h.account_id LEFT JOIN owners o ON o.id = h.owner_id
-      ) d
-    ) s
+        SELECT d.*,
+          max(d._pos) FILTER (WHERE d.end_date IS NULL AND d.copy = 1) OVER (PARTITION BY d.account_id)
+            AS last_current,
+          max(coalesce(d.end_date, 'infinity')) OVER (PARTITION BY d.account_id
+            ORDER BY d.start_date, d.span, d.owner_id, d._pos
+            ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING) AS earlier_end
+        FROM (
+          SELECT h.*,
+            row_number() OVER (PARTITION BY h.account_id, h.start_date, h.span, h.owner_id ORDER BY h._pos)
+              AS copy
+          FROM (
+            SELECT *, CASE WHEN end_date IS NULL THEN -2147483648 ELSE start_date - end_date END AS span
+            FROM history_stage
+          ) h
+        ) d
+      ) s
+      LEFT JOIN accounts a ON a.id = s.account_id LEFT JOIN owners o ON o.id = s.owner_id
+    ) c
+    WHERE duplicate OR reason IS NOT NULL OR tangled
 """
 
 # Tenures of one account may not overlap ([start, end), an open end lasting for ever). In order of start
@@ -265,8 +279,8 @@ def take_bad_history(conn: Connection) -> tuple[list[tuple[str, str, dt.date, dt
     check is removed. Returns the removed rows in export order as (account, owner, start, end, reason),
     and how many duplicates were dropped."""
     for statement in (
-        # The check sorts every staged row three times (400,000 rows of a 200,000-account export): in
-        # memory, not in temporary files, for the rest of this transaction.
+        # The check sorts every staged row (400,000 rows of a 200,000-account export): in memory, not in
+        # temporary files, for the rest of this transaction.
         "SET LOCAL work_mem = '64MB'",
         "CREATE TEMP TABLE history_bad (_pos bigint, account_id text, owner_id text, start_date date, "
         "end_date date, reason text) ON COMMIT DROP",
