@@ -115,8 +115,15 @@ class Connector(Protocol):
 
     source: str
 
-    def read(self, obj: CrmObject, since: Cursor | None, *, full: bool = False) -> Iterator[Batch]:
-        """Batches of what changed since ``since`` (everything when ``full`` or ``since`` is None)."""
+    def read(
+        self, obj: CrmObject, since: Cursor | None, *, full: bool = False, batch_rows: int | None = None
+    ) -> Iterator[Batch]:
+        """Batches of what changed since ``since`` (everything when ``full`` or ``since`` is None).
+
+        ``batch_rows`` is the records a batch may hold as the engine would have them (None: the
+        connector's own size). A file's reader honours it; an API connector keeps its own, what it
+        reads between two stores (a quota stop or an error loses a batch at most).
+        """
         ...
 
     def apply_owner_changes(

@@ -196,11 +196,13 @@ def read_batches(
     full: bool,
     progress: ProgressFn | None,
     path: BatchPath[Any] = BATCH_BY_BATCH,
+    batch_rows: int | None = None,
 ) -> None:
     """Read what changed since ``since`` and store each batch (by default with :func:`store_batch`, its
     own transaction), reporting progress after each. The next batches are read and prepared while one
-    is stored; a connector's error still comes after every batch read before it is stored."""
-    batches = connector.read(state.obj, since, full=full)
+    is stored; a connector's error still comes after every batch read before it is stored.
+    ``batch_rows`` bounds a batch (None: the connector's size, ``sync.batch_size``)."""
+    batches = connector.read(state.obj, since, full=full, batch_rows=batch_rows)
     with ahead(batches, lambda batch: path.prepare(state, batch)) as prepared:
         for batch, ready in prepared:
             path.store(conn, state, batch, ready)

@@ -12,6 +12,7 @@ import logging
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from typing import Final
 
 import numpy as np
 import pandas as pd
@@ -41,6 +42,11 @@ from store.bulk import Stripped, copy_csv, csv_bytes, restore_keys, strip_keys, 
 from store.sync_runs import relaxed_commit
 
 log = logging.getLogger(__name__)
+
+BATCH_ROWS: Final = 50_000
+"""Records a batch of a first load holds: the load is one transaction whatever its batches, so they are
+as large as Salesforce's Bulk API pages, where a batch's fixed costs (a COPY, the checks' per-column
+steps) are small against its rows; three are in memory at a time (one stored, two read ahead)."""
 
 
 @dataclass
@@ -121,7 +127,14 @@ def read_into_empty(
 
         try:
             read_batches(
-                conn, state, connector, None, full=full, progress=progress, path=BatchPath(prepare, store)
+                conn,
+                state,
+                connector,
+                None,
+                full=full,
+                progress=progress,
+                path=BatchPath(prepare, store),
+                batch_rows=BATCH_ROWS,
             )
         except ConnectorError as exc:  # what was read is kept, as the batch-by-batch path keeps it
             stopped = exc

@@ -215,7 +215,9 @@ class CsvConnector:
                 raise ConnectorConfigError(f"{name}: not UTF-8 text ({message})") from None
             raise ConnectorConfigError(f"{name}: not valid CSV: {message}") from None
 
-    def read(self, obj: CrmObject, since: Cursor | None, *, full: bool = False) -> Iterator[Batch]:
+    def read(
+        self, obj: CrmObject, since: Cursor | None, *, full: bool = False, batch_rows: int | None = None
+    ) -> Iterator[Batch]:
         """Rows of ``obj`` modified at or after ``since`` (all when ``full``), then the file's high mark.
 
         Rows without a parseable ``modified_at`` are always handed over (the engine quarantines the bad
@@ -224,15 +226,15 @@ class CsvConnector:
         """
         name = FILE_OF[obj]
         high: Cursor | None = None
-        for chunk in self._chunks(name):
+        for chunk in self._chunks(name, chunk_rows=batch_rows):
             keep = chunk
             if "modified_at" in chunk.columns:
                 stamps = parse_timestamps(as_arrow(chunk["modified_at"]))  # UTC, NaT where unparseable
-                present = np.flatnonzero(~np.isnat(stamps))
-                if len(present):
-                    top = int(present[int(np.argmax(stamps[present]))])
-                    newest = stamps[top].item().replace(tzinfo=dt.UTC)
-                    candidate = Cursor(newest, str(chunk["id"].iloc[top]))
+                present = ~np.isnat(stamps)
+                if present.any():  # the chunk's largest (modified_at, id): the file's, however chunked
+                    newest = stamps[present].max()
+                    last_id = max(str(i) for i in chunk["id"][present & (stamps == newest)])
+                    candidate = Cursor(newest.item().replace(tzinfo=dt.UTC), last_id)
                     high = candidate if high is None or candidate > high else high
                 if since is not None and not full:
                     start = np.datetime64(since.modified_at.astimezone(dt.UTC).replace(tzinfo=None), "us")

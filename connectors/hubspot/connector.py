@@ -50,8 +50,12 @@ class HubSpotConnector:
         """
         return cls(HubSpotClient(settings), settings, batch_rows=batch_rows)
 
-    def read(self, obj: CrmObject, since: Cursor | None, *, full: bool = False) -> Iterator[Batch]:
-        """Batches of ``obj`` changed since ``since`` (everything when ``full``), then its deletes."""
+    def read(
+        self, obj: CrmObject, since: Cursor | None, *, full: bool = False, batch_rows: int | None = None
+    ) -> Iterator[Batch]:
+        """Batches of ``obj`` changed since ``since`` (everything when ``full``), then its deletes. A
+        batch holds about the connector's ``batch_rows`` records, whatever the engine's ``batch_rows``:
+        what was read before a quota stop or an error is stored, a batch at most lost."""
         start = None if full else since
         if obj is CrmObject.owners:
             return owner_batches(self.client, start)

@@ -70,8 +70,11 @@ class SalesforceConnector:
         )
         return cls(client, mappings, options)
 
-    def read(self, obj: CrmObject, since: Cursor | None, *, full: bool = False) -> Iterator[Batch]:
-        """Batches of ``obj`` changed since ``since``; see :mod:`connectors.salesforce.streams`."""
+    def read(
+        self, obj: CrmObject, since: Cursor | None, *, full: bool = False, batch_rows: int | None = None
+    ) -> Iterator[Batch]:
+        """Batches of ``obj`` changed since ``since``; see :mod:`connectors.salesforce.streams`. Their
+        size is the API's pages' (``page_size``, ``bulk_page_rows``), whatever ``batch_rows`` says."""
         return self.streams.read(obj, since, full=full)
 
     def apply_owner_changes(

@@ -105,7 +105,9 @@ class ScriptedConnector:
         self.script = script
         self.calls: list[tuple[CrmObject, Cursor | None, bool]] = []
 
-    def read(self, obj: CrmObject, since: Cursor | None, *, full: bool = False) -> Iterator[Batch]:
+    def read(
+        self, obj: CrmObject, since: Cursor | None, *, full: bool = False, batch_rows: int | None = None
+    ) -> Iterator[Batch]:
         self.calls.append((obj, since, full))
         for step in self.script.get(obj, []):
             if isinstance(step, Exception):

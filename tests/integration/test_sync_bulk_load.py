@@ -322,8 +322,10 @@ class _ReadOnly:
     def __init__(self, inner: CsvConnector) -> None:
         self.inner = inner
 
-    def read(self, obj: CrmObject, since: Cursor | None, *, full: bool = False) -> Iterator[Batch]:
-        return self.inner.read(obj, since, full=full)
+    def read(
+        self, obj: CrmObject, since: Cursor | None, *, full: bool = False, batch_rows: int | None = None
+    ) -> Iterator[Batch]:
+        return self.inner.read(obj, since, full=full, batch_rows=batch_rows)
 
     def apply_owner_changes(self, changes: Sequence[OwnerChange]) -> list[WriteResult]:
         return []

@@ -268,7 +268,9 @@ def test_a_second_sync_of_the_same_source_is_refused_while_one_runs(db: Engine) 
     started, release = threading.Event(), threading.Event()
 
     class Slow(ScriptedConnector):
-        def read(self, obj: CrmObject, since: Cursor | None, *, full: bool = False) -> Iterator[Batch]:
+        def read(
+            self, obj: CrmObject, since: Cursor | None, *, full: bool = False, batch_rows: int | None = None
+        ) -> Iterator[Batch]:
             started.set()
             release.wait(10)
             yield from ()
