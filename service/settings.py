@@ -343,7 +343,12 @@ class SyncSettings(Section):
     lookback_seconds: int = Field(
         300, ge=0, le=86_400, description="re-read this much before the saved watermark (late commits)"
     )
-    batch_size: int = Field(5000, ge=1, le=1_000_000, description="rows per batch (one transaction each)")
+    batch_size: int = Field(
+        5000,
+        ge=1,
+        le=1_000_000,
+        description="rows per batch (one transaction each); a first load into an empty table reads 50,000",
+    )
     roster: Path | None = Field(
         None, description="CSV of capacity, home location, quota, region, team per owner id or email"
     )
