@@ -400,8 +400,8 @@ def _seed_history(conn: Connection, state: BatchState, chunks: Iterable[pd.DataF
         }
         bad.append((f"{account_id}:{start}", reason, raw))
     if quarantine.has_open(conn, state.source, "assignments"):  # accounts whose history is clean now
-        clean = history.staged_accounts(conn) - {str(raw["account_id"]) for _, _, raw in bad}
-        quarantine.resolve_by_field(conn, state.source, "assignments", "account_id", sorted(clean))
+        clean = history.clean_accounts({str(raw["account_id"]) for _, _, raw in bad})
+        quarantine.resolve_by_field(conn, state.source, "assignments", "account_id", clean)
     rows = [(rid, why, json.dumps(json_safe(raw), default=str)) for rid, why, raw in bad]
     quarantine.put(conn, source=state.source, obj="assignments", run_id=state.run_id, rejected=rows)
     state.summary.history_quarantined += len(bad)

@@ -8,14 +8,17 @@ load and the repair of accounts without a current row all use it.
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from typing import Any, Final
 
 from sqlalchemy import (
+    ARRAY,
     ColumnElement,
     Connection,
     Date,
+    Select,
     Text,
+    all_,
     and_,
     cast,
     column,
@@ -314,9 +317,18 @@ def take_bad_history(conn: Connection) -> tuple[list[tuple[str, str, dt.date, dt
     return [tuple(r) for r in rows], duplicates
 
 
-def staged_accounts(conn: Connection) -> set[str]:
-    """The accounts of the rows left in ``history_stage``."""
-    return set(conn.execute(text("SELECT DISTINCT account_id FROM history_stage")).scalars())
+def clean_accounts(also_bad: Collection[str]) -> Select[tuple[str]]:
+    """After :func:`take_bad_history`: the accounts with rows left in ``history_stage`` and none removed
+    (nor among ``also_bad``, the accounts of rows that failed before staging)."""
+    bad = table("history_bad", column("account_id", Text))
+    return (
+        select(_hs.c.account_id)
+        .distinct()
+        .where(
+            ~exists().where(bad.c.account_id == _hs.c.account_id),
+            _hs.c.account_id != all_(literal(sorted(also_bad), ARRAY(Text))),
+        )
+    )
 
 
 def _is_empty(conn: Connection) -> bool:

@@ -12,6 +12,7 @@ from typing import Any
 from sqlalchemy import (
     ARRAY,
     Connection,
+    Select,
     Text,
     any_,
     cast,
@@ -105,12 +106,12 @@ def resolve(conn: Connection, source: str, obj: str, ids: Sequence[str]) -> None
     )
 
 
-def resolve_by_field(conn: Connection, source: str, obj: str, field: str, values: Sequence[str]) -> None:
-    """Resolve the open rows whose raw record's ``field`` is one of ``values`` (an account's history
-    rows, say, once an import carries that account's history cleanly)."""
+def resolve_by_field(conn: Connection, source: str, obj: str, field: str, values: Select[tuple[str]]) -> None:
+    """Resolve the open rows whose raw record's ``field`` is one of the ``values`` the query gives (an
+    account's history rows, say, once an import carries that account's history cleanly)."""
     conn.execute(
         update(Quarantine)
-        .where(_open(source, obj), _Q.c.raw[field].astext == any_(literal(list(values), ARRAY(Text))))
+        .where(_open(source, obj), _Q.c.raw[field].astext.in_(values))
         .values(resolved_at=func.now())
     )
 
