@@ -332,7 +332,7 @@ def _sweep_deletes(
             extra={"sync_run_id": state.run_id, "source": state.source, "object": state.obj.value},
         )
         return 0
-    total, would = synced.count_absent(conn, table, state.source)
+    total, would = synced.take_absent(conn, table, state.source)
     if would and not guard.allow_mass_delete and would > guard.max_share * total:
         raise MassDeleteRefused(table, would, total, guard)
     deleted = synced.delete_absent(conn, table, state.source)

@@ -39,6 +39,7 @@ SYNCED: Final[Mapping[str, Table]] = {
 """The tables a sync writes, by object name, in sync order (parents first)."""
 
 _present = table("present", column("id", Text))
+_absent_ids = table("absent", column("id", Text))
 
 
 def _ids(values: Sequence[str]) -> Any:
@@ -108,29 +109,30 @@ def _absent(t: Table) -> ColumnElement[bool]:
     return ~exists().where(_present.c.id == t.c.id)
 
 
-def count_absent(conn: Connection, name: str, source: str) -> tuple[int, int]:
-    """(``source``'s live rows, those of them absent from ``present``)."""
-    row = conn.execute(absent_counts(name, source)).one()
-    return int(row[0]), int(row[1])
-
-
-def absent_counts(name: str, source: str) -> Select[int, int]:
-    """What :func:`count_absent` runs: an outer join to the distinct ids, not ``NOT EXISTS`` in the
-    count's filter, where the planner runs the subquery once per row (a scan of ``present`` each:
-    minutes at 200,000 rows)."""
+def absent_rows(name: str, source: str) -> Select[tuple[str]]:
+    """The ids of ``source``'s live rows absent from ``present``: one anti-join (a hash of the listed
+    ids, a scan of the table), however often the export lists an id."""
     t = SYNCED[name]
-    listed = select(_present.c.id).distinct().subquery("listed")
-    return (
-        select(func.count(), func.count().filter(listed.c.id.is_(None)))
-        .select_from(t.outerjoin(listed, listed.c.id == t.c.id))
-        .where(live(t), own(t, source))
-    )
+    return select(t.c.id).where(live(t), own(t, source), _absent(t))
+
+
+def take_absent(conn: Connection, name: str, source: str) -> tuple[int, int]:
+    """Put the ids :func:`absent_rows` gives into the temp table ``absent``; returns (``source``'s live
+    rows, those absent), what the mass-delete guard weighs before :func:`delete_absent` deletes them."""
+    t = SYNCED[name]
+    query = absent_rows(name, source).compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
+    # The listed ids are hashed in memory, not in batches on disk (600,000 ids: 0.8 s -> 0.3 s).
+    conn.execute(text("SET LOCAL work_mem = '64MB'"))
+    conn.execute(text(f"CREATE TEMP TABLE absent ON COMMIT DROP AS {query}"))
+    total = conn.execute(select(func.count()).select_from(t).where(live(t), own(t, source))).scalar_one()
+    return int(total), int(conn.execute(select(func.count()).select_from(_absent_ids)).scalar_one())
 
 
 def delete_absent(conn: Connection, name: str, source: str) -> int:
-    """Soft-delete ``source``'s live rows absent from ``present``; returns how many."""
+    """Soft-delete the rows :func:`take_absent` found; returns how many."""
     t = SYNCED[name]
-    return int(conn.execute(update(t).where(live(t), own(t, source), _absent(t)).values(_gone(t))).rowcount)
+    where = (t.c.id.in_(select(_absent_ids.c.id)), live(t), own(t, source))
+    return int(conn.execute(update(t).where(*where).values(_gone(t))).rowcount)
 
 
 def revive_present(conn: Connection, name: str, source: str) -> int:

@@ -140,9 +140,10 @@ def test_an_older_copy_does_not_change_hands_and_a_full_sync_claims_unknown_rows
     assert rows(db, LIVE) == [("csv", 3), ("hubspot", 299)]
 
 
-def test_the_guards_count_is_one_join_not_a_scan_per_row(db: Engine) -> None:
+def test_the_sweeps_absent_rows_are_one_join_not_a_scan_per_row(db: Engine) -> None:
     """The sweep's count of absent rows once ran its NOT EXISTS once per stored row (a full scan of
-    the export's ids each time: minutes for a 200,000-account re-import); its plan has no subplan."""
+    the export's ids each time: minutes for a 200,000-account re-import); the query that finds them,
+    for the guard's count and the delete alike, has no subplan."""
     from sqlalchemy.dialects import postgresql
 
     from store import synced
@@ -150,7 +151,7 @@ def test_the_guards_count_is_one_join_not_a_scan_per_row(db: Engine) -> None:
     with db.connect() as conn, conn.begin():
         synced.stage_present(conn, [b"001A1\n001A2\n"])
         for name in synced.SYNCED:
-            stmt = synced.absent_counts(name, "csv")
+            stmt = synced.absent_rows(name, "csv")
             sql = str(stmt.compile(dialect=postgresql.dialect(), compile_kwargs={"literal_binds": True}))
             plan = "\n".join(conn.execute(text(f"EXPLAIN {sql}")).scalars())
             assert "SubPlan" not in plan, plan
