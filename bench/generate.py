@@ -7,15 +7,14 @@ from __future__ import annotations
 
 import argparse
 import os
-import resource
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from bench.rss import peak_rss_mib
 from connectors.sandbox.generator import DEFAULT_NOW, generate_org, write_csv
 
 
@@ -34,12 +33,6 @@ class Run:
     def total_s(self) -> float:
         """Generate plus write."""
         return self.generate_s + self.write_s
-
-
-def peak_rss_mb() -> float:
-    """Peak resident memory of this process so far, in MiB (ru_maxrss is KiB on Linux, bytes on macOS)."""
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (1024 * 1024) if sys.platform == "darwin" else peak / 1024
 
 
 def run_once(accounts: int, reps: int, seed: int, out_dir: Path) -> Run:
@@ -88,7 +81,8 @@ def main(argv: list[str] | None = None) -> int:
             f"{run.rows / run.generate_s:>9,.0f} rows/s | "
             f"write {run.write_s:6.2f} s (cpu {run.write_cpu_s:5.2f}) "
             f"{run.rows / run.write_s:>9,.0f} rows/s {run.csv_bytes / run.write_s / 1e6:4,.0f} MB/s | "
-            f"total {run.total_s:6.2f} s | peak RSS {peak_rss_mb():,.0f} MiB | load {os.getloadavg()[0]:.1f}",
+            f"total {run.total_s:6.2f} s | peak RSS {peak_rss_mib():,.0f} MiB | "
+            f"load {os.getloadavg()[0]:.1f}",
             flush=True,
         )
         if i == 0:

@@ -17,7 +17,6 @@ import argparse
 import datetime as dt
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -26,6 +25,7 @@ import time
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
 
+from bench.rss import peak_rss_mib
 from store.db import make_engine, normalize_url
 
 DEFAULT_SERVER = "postgresql://postgres@127.0.0.1:5432/postgres"
@@ -162,8 +162,7 @@ def child(runs: int) -> None:
         runs_out = measure(engine, runs)
     finally:
         engine.dispose()
-    peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    report = {"counts": list(counts), "baseline": baseline, "runs": runs_out, "peak_rss_mib": peak_kib / 1024}
+    report = {"counts": list(counts), "baseline": baseline, "runs": runs_out, "peak_rss_mib": peak_rss_mib()}
     print(json.dumps(report))
 
 

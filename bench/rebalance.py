@@ -33,7 +33,6 @@ import heapq
 import io
 import json
 import pickle
-import resource
 import statistics
 import subprocess
 import sys
@@ -46,6 +45,7 @@ from typing import Any
 import numpy as np
 from rich.console import Console
 
+from bench.rss import peak_rss_mib
 from connectors.sandbox.generator import DEFAULT_NOW, generate_org
 from monitor.drift import DEFAULT_RULES
 from monitor.metrics import haversine_km
@@ -263,7 +263,7 @@ def child(path: str, time_limit: float, curve: bool, observe: bool) -> None:
         "solver": dataclasses.asdict(proposal.solver),
         "heuristic": dataclasses.asdict(proposal.heuristic),
         "waves": proposal.waves,
-        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "peak_rss_mib": peak_rss_mib(),
         "reports": observer.reports if observer is not None else 0,
     }
     if curve:

@@ -27,7 +27,6 @@ import csv
 import datetime as dt
 import multiprocessing as mp
 import os
-import resource
 import secrets
 import tempfile
 import time
@@ -39,6 +38,7 @@ import numpy as np
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import URL
 
+from bench.rss import peak_rss_mib
 from connectors.base import CANONICAL_COLUMNS, CrmObject
 from connectors.csv_files import CsvConnector
 from connectors.salesforce import SalesforceConnector
@@ -94,10 +94,6 @@ def _now() -> dt.datetime:
     """A run's start, as the CLI takes it: the sandbox stamps the records it changes with the clock, so a
     fixed date in the past would quarantine every changed record as stamped in the future."""
     return dt.datetime.now(dt.UTC)
-
-
-def _peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def _report(name: str, summary: SyncSummary, rows: int) -> None:
@@ -346,7 +342,7 @@ def main() -> None:
                     child.join()
             engine.dispose()
             _drop_database(server, name)
-    print(f"peak RSS of the sync process: {_peak_rss_mb():,.0f} MB")
+    print(f"peak RSS of the sync process: {peak_rss_mib():,.0f} MiB")
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
 
 
