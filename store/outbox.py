@@ -14,7 +14,8 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
-from sqlalchemy import Connection, Engine, func, literal_column, select, update
+from sqlalchemy import Connection, Engine, Text, column, func, literal, literal_column, select, update
+from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from store.errors import StoreError
@@ -139,12 +140,20 @@ def queue_sync_requests(engine: Engine, requests: Sequence[SyncRequest]) -> set[
     """Record requests in one transaction; returns the keys that were new (the rest were queued before)."""
     if not requests:
         return set()
-    rows = [
-        {"kind": SYNC_REQUEST_KIND, "idempotency_key": r.key, "payload": r.as_payload()} for r in requests
-    ]
+    given = (
+        func.jsonb_to_recordset(literal([{"key": r.key, "payload": r.as_payload()} for r in requests], JSONB))
+        .table_valued(column("key", Text), column("payload", JSONB))
+        .render_derived(name="r", with_types=True)
+    )
+    # One statement whatever the number of requests (their rows are one JSON parameter), so it is
+    # compiled once and cached: a multi-row VALUES is a new statement for every batch size, and its
+    # compilation was most of a webhook's time under load.
     stmt = (
         pg_insert(Outbox)
-        .values(rows)
+        .from_select(
+            ["kind", "idempotency_key", "payload"],
+            select(literal(SYNC_REQUEST_KIND), given.c.key, given.c.payload),
+        )
         .on_conflict_do_nothing(index_elements=[_O.c.idempotency_key])
         .returning(_O.c.idempotency_key)
     )
