@@ -8,6 +8,7 @@ hands back at its next batch boundary), releases the leader lock and exits.
 from __future__ import annotations
 
 import contextlib
+import gc
 import logging
 import os
 import signal
@@ -140,6 +141,10 @@ def serve(settings: Settings) -> None:
             timeout_graceful_shutdown=max(1, int(min(HTTP_DRAIN_SECONDS, grace / 3))),
         )
         server = _Server(config, scheduler.begin_shutdown)
+        # Everything loaded so far (the modules of pandas, pyarrow, SQLAlchemy, Bolt, the app) lives as
+        # long as the process: out of the collector's reach, a full collection no longer walks it and
+        # pauses the event loop for tens of ms (bench/load.py: webhook p99 145-175 ms -> 62-79 ms).
+        gc.freeze()
         scheduler.start()
         log.info(
             "serving",
