@@ -49,6 +49,13 @@ def copy_out(conn: Connection, query: Select[Any]) -> bytes:
     return bytes(out)
 
 
+def temp_table_as(conn: Connection, name: str, query: Select[Any]) -> None:
+    """``CREATE TEMP TABLE name ON COMMIT DROP AS query``. CREATE TABLE AS takes no bound parameters, so
+    they are rendered inline, as :func:`copy_out` does: only for queries of our own values."""
+    sql = query.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
+    conn.execute(text(f"CREATE TEMP TABLE {name} ON COMMIT DROP AS {sql}"))
+
+
 def frame_csv_chunks(frame: pd.DataFrame, chunk_rows: int = COPY_CHUNK_ROWS) -> Iterable[bytes]:
     """``frame`` as headerless CSV in chunks of ``chunk_rows`` rows, so memory stays bounded."""
     for start in range(0, len(frame), chunk_rows):

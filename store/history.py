@@ -33,7 +33,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from store.bulk import copy_csv, copy_out, restore_keys, strip_keys
+from store.bulk import copy_csv, copy_out, restore_keys, strip_keys, temp_table_as
 from store.models import Account, Assignment
 
 _A = Account.__table__
@@ -89,9 +89,7 @@ def note_owner_changes(conn: Connection, today: dt.date, *, seeded: bool) -> Non
             )
         )
     )
-    # A date and a flag, rendered inline: CREATE TABLE AS takes no bound parameters through text().
-    query = changes.compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
-    conn.execute(text(f"CREATE TEMP TABLE owner_change ON COMMIT DROP AS {query}"))
+    temp_table_as(conn, "owner_change", changes)
 
 
 def apply_owner_changes(conn: Connection) -> None:

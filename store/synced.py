@@ -28,7 +28,7 @@ from sqlalchemy import (
     update,
 )
 
-from store.bulk import copy_csv
+from store.bulk import copy_csv, temp_table_as
 from store.models import Account, Opportunity, Owner
 
 SYNCED: Final[Mapping[str, Table]] = {
@@ -120,10 +120,9 @@ def take_absent(conn: Connection, name: str, source: str) -> tuple[int, int]:
     """Put the ids :func:`absent_rows` gives into the temp table ``absent``; returns (``source``'s live
     rows, those absent), what the mass-delete guard weighs before :func:`delete_absent` deletes them."""
     t = SYNCED[name]
-    query = absent_rows(name, source).compile(dialect=conn.dialect, compile_kwargs={"literal_binds": True})
-    # The listed ids are hashed in memory, not in batches on disk (600,000 ids: 0.8 s -> 0.3 s).
+    # The listed ids are hashed in memory, not in batches on disk.
     conn.execute(text("SET LOCAL work_mem = '64MB'"))
-    conn.execute(text(f"CREATE TEMP TABLE absent ON COMMIT DROP AS {query}"))
+    temp_table_as(conn, "absent", absent_rows(name, source))
     total = conn.execute(select(func.count()).select_from(t).where(live(t), own(t, source))).scalar_one()
     return int(total), int(conn.execute(select(func.count()).select_from(_absent_ids)).scalar_one())
 

@@ -478,6 +478,28 @@ def test_chunks_stay_bounded(tmp_path: Path, small_org: Org) -> None:
     assert sum(sizes) == len(small_org.opportunities)
 
 
+def test_the_engine_may_ask_for_other_batch_sizes_and_the_cursor_does_not_depend_on_them(
+    tmp_path: Path,
+) -> None:
+    """A first load asks for batches of 50,000 whatever the connector's own size; the file's cursor is
+    its largest (modified_at, id), however the file is cut (rows sharing the newest stamp: the largest
+    id, wherever in the file it is)."""
+    newest = "2026-10-02T00:00:00Z"
+    accounts = [
+        account(3, modified_at=newest),
+        account(9, modified_at=newest),
+        account(5, modified_at=newest),
+    ]
+    folder = write_export(tmp_path / "x", owners=[owner(1)], accounts=[account(1), *accounts, account(2)])
+    connector = CsvConnector(folder, chunk_rows=2)
+    cursors = []
+    for asked, largest in ((None, 2), (1, 1), (3, 3), (50_000, 5)):  # None: the connector's own size
+        batches = list(connector.read(CrmObject.accounts, None, batch_rows=asked))
+        assert max(len(b.records) for b in batches) == largest
+        cursors.append(batches[-1].cursor)
+    assert cursors == [Cursor(dt.datetime(2026, 10, 2, tzinfo=dt.UTC), "001A9")] * 4
+
+
 def test_the_registry_builds_the_csv_connector_and_names_what_is_missing(tmp_path: Path) -> None:
     from connectors.registry import build_connector
     from service.settings import Settings
